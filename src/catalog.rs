@@ -1,0 +1,372 @@
+//! The catalog: every watched service and its live endpoints, kept up to date one etcd event
+//! at a time, together with the template context built from it.
+//!
+//! The context (a JSON tree) is maintained incrementally next to the endpoint lists: a put or
+//! delete touches one array element, never the whole tree, and rendering borrows the tree
+//! without copying it. So an event costs O(log n) plus one render, not a rebuild of 100,000
+//! endpoints.
+
+use crate::endpoint::{parse_value, Endpoint};
+use crate::etcd::{KvChange, WatchEvent};
+use crate::keys::{parse_endpoint_key, server_name, ServicePrefix};
+use anyhow::{bail, Result};
+use serde_json::{json, Map, Value};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+/// One service: its prefix and its endpoints, sorted by address.
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub prefix: ServicePrefix,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// All watched services. Service indices follow the order of the `--prefix` flags.
+#[derive(Debug)]
+pub struct Catalog {
+    services: Vec<Service>,
+    /// `{"services": {<name>: {"name", "prefix", "endpoints": [...]}}}`; `Null` only while
+    /// lent to a render.
+    root: Value,
+    /// Keys currently skipped as invalid, so each is warned about once, not on every event.
+    skipped: HashSet<(usize, Vec<u8>)>,
+}
+
+/// The template view of one endpoint. Every string in it is derived from a validated address
+/// or a validated metadata word, so none can carry HAProxy syntax.
+fn endpoint_value(prefix: &ServicePrefix, ep: &Endpoint) -> Value {
+    json!({
+        "ip": ep.addr.ip().to_string(),
+        "port": ep.addr.port(),
+        "address": ep.addr.to_string(),
+        "name": server_name(ep.addr),
+        "ipv6": ep.addr.is_ipv6(),
+        "key": prefix.endpoint_key(ep.addr),
+        "weight": ep.meta.effective_weight(),
+        "tags": ep.meta.tags,
+        "container": ep.meta.container,
+        "hostname": ep.meta.hostname,
+    })
+}
+
+fn service_value(svc: &Service) -> Value {
+    let eps: Vec<Value> = svc
+        .endpoints
+        .iter()
+        .map(|e| endpoint_value(&svc.prefix, e))
+        .collect();
+    json!({
+        "name": svc.prefix.name(),
+        "prefix": svc.prefix.as_str(),
+        "endpoints": eps,
+    })
+}
+
+/// Shows an untrusted key in a log line: lossy UTF-8, control characters escaped.
+pub fn display_key(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).escape_debug().to_string()
+}
+
+impl Catalog {
+    /// An empty catalog of the given services. Two prefixes may not share a service name.
+    pub fn new(prefixes: Vec<ServicePrefix>) -> Result<Self> {
+        let mut names = HashSet::new();
+        for p in &prefixes {
+            if !names.insert(p.name().to_string()) {
+                bail!(
+                    "--prefix {p}: service name \"{}\" is already taken by another prefix",
+                    p.name()
+                );
+            }
+        }
+        let services = prefixes
+            .into_iter()
+            .map(|prefix| Service {
+                prefix,
+                endpoints: Vec::new(),
+            })
+            .collect();
+        let mut cat = Self {
+            services,
+            root: Value::Null,
+            skipped: HashSet::new(),
+        };
+        cat.root = cat.build_root();
+        Ok(cat)
+    }
+
+    fn build_root(&self) -> Value {
+        let map: Map<String, Value> = self
+            .services
+            .iter()
+            .map(|s| (s.prefix.name().to_string(), service_value(s)))
+            .collect();
+        json!({ "services": map })
+    }
+
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+
+    /// Number of endpoints across all services.
+    pub fn endpoint_count(&self) -> usize {
+        self.services.iter().map(|s| s.endpoints.len()).sum()
+    }
+
+    /// Applies one event from etcd; returns whether any endpoint changed.
+    pub fn apply(&mut self, event: WatchEvent) -> bool {
+        match event {
+            WatchEvent::Snapshot { services, .. } => {
+                let mut changed = false;
+                for (idx, entries) in services {
+                    changed |= self.replace(idx, entries);
+                }
+                changed
+            }
+            WatchEvent::Changes {
+                service, changes, ..
+            } => {
+                let mut changed = false;
+                for c in changes {
+                    changed |= match c {
+                        KvChange::Put { key, value } => self.put(service, &key, &value),
+                        KvChange::Delete { key } => self.delete(service, &key),
+                    };
+                }
+                changed
+            }
+        }
+    }
+
+    /// Parses a key and value, warning once about a key that is not an endpoint.
+    fn parse(&mut self, idx: usize, key: &[u8], value: &[u8]) -> Option<Endpoint> {
+        let prefix = &self.services.get(idx)?.prefix;
+        let parsed = parse_endpoint_key(prefix, key)
+            .map_err(|e| e.to_string())
+            .and_then(|addr| {
+                parse_value(value)
+                    .map(|meta| Endpoint { addr, meta })
+                    .map_err(|e| e.to_string())
+            });
+        match parsed {
+            Ok(ep) => {
+                self.skipped.remove(&(idx, key.to_vec()));
+                Some(ep)
+            }
+            Err(reason) => {
+                if self.skipped.insert((idx, key.to_vec())) {
+                    tracing::warn!(key = %display_key(key), "etcd key \"{}\": {reason}; skipped", display_key(key));
+                }
+                None
+            }
+        }
+    }
+
+    /// Sets `key` to `value`; an invalid key or value removes the endpoint it named.
+    pub fn put(&mut self, idx: usize, key: &[u8], value: &[u8]) -> bool {
+        match self.parse(idx, key, value) {
+            Some(ep) => self.upsert(idx, ep),
+            None => self.delete_addr_of(idx, key),
+        }
+    }
+
+    /// Removes the endpoint `key` names, if any.
+    pub fn delete(&mut self, idx: usize, key: &[u8]) -> bool {
+        self.skipped.remove(&(idx, key.to_vec()));
+        self.delete_addr_of(idx, key)
+    }
+
+    fn delete_addr_of(&mut self, idx: usize, key: &[u8]) -> bool {
+        let Some(svc) = self.services.get(idx) else {
+            return false;
+        };
+        match parse_endpoint_key(&svc.prefix, key) {
+            Ok(addr) => self.remove(idx, addr),
+            Err(_) => false,
+        }
+    }
+
+    fn endpoints_value(&mut self, idx: usize) -> Option<&mut Vec<Value>> {
+        let name = self.services.get(idx)?.prefix.name();
+        match self.root.pointer_mut(&format!("/services/{name}/endpoints")) {
+            Some(Value::Array(a)) => Some(a),
+            _ => None,
+        }
+    }
+
+    fn upsert(&mut self, idx: usize, ep: Endpoint) -> bool {
+        let Some(svc) = self.services.get_mut(idx) else {
+            return false;
+        };
+        let value = endpoint_value(&svc.prefix, &ep);
+        match svc.endpoints.binary_search_by_key(&ep.addr, |e| e.addr) {
+            Ok(i) if svc.endpoints[i].meta == ep.meta => false,
+            Ok(i) => {
+                svc.endpoints[i] = ep;
+                if let Some(arr) = self.endpoints_value(idx) {
+                    arr[i] = value;
+                }
+                true
+            }
+            Err(i) => {
+                svc.endpoints.insert(i, ep);
+                if let Some(arr) = self.endpoints_value(idx) {
+                    arr.insert(i, value);
+                }
+                true
+            }
+        }
+    }
+
+    fn remove(&mut self, idx: usize, addr: SocketAddr) -> bool {
+        let Some(svc) = self.services.get_mut(idx) else {
+            return false;
+        };
+        match svc.endpoints.binary_search_by_key(&addr, |e| e.addr) {
+            Ok(i) => {
+                svc.endpoints.remove(i);
+                if let Some(arr) = self.endpoints_value(idx) {
+                    arr.remove(i);
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Replaces a service's endpoints with a fresh listing.
+    pub fn replace(&mut self, idx: usize, entries: Vec<(Vec<u8>, Vec<u8>)>) -> bool {
+        if idx >= self.services.len() {
+            return false;
+        }
+        self.skipped.retain(|(i, _)| *i != idx);
+        let mut fresh: Vec<Endpoint> = entries
+            .iter()
+            .filter_map(|(k, v)| self.parse(idx, k, v))
+            .collect();
+        fresh.sort_by_key(|e| e.addr);
+        fresh.dedup_by_key(|e| e.addr);
+        let svc = &mut self.services[idx];
+        if svc.endpoints == fresh {
+            return false;
+        }
+        svc.endpoints = fresh;
+        let value = service_value(svc);
+        let name = svc.prefix.name().to_string();
+        if let Some(Value::Object(map)) = self.root.get_mut("services") {
+            map.insert(name, value);
+        }
+        true
+    }
+
+    /// Lends the template context to `f` without copying it.
+    pub fn with_context<R>(&mut self, f: impl FnOnce(&tera::Context) -> R) -> R {
+        let root = std::mem::take(&mut self.root);
+        let ctx = match tera::Context::from_value(root) {
+            Ok(ctx) => ctx,
+            // The root is always an object; rebuild it should that ever not hold.
+            Err(_) => tera::Context::from_value(self.build_root()).unwrap_or_default(),
+        };
+        let out = f(&ctx);
+        self.root = ctx.into_json();
+        out
+    }
+
+    /// The context as JSON (for `--dump-context` style debugging and tests).
+    pub fn context_json(&self) -> &Value {
+        &self.root
+    }
+
+    /// The endpoints of a service by index.
+    pub fn endpoints(&self, idx: usize) -> &[Endpoint] {
+        self.services
+            .get(idx)
+            .map(|s| s.endpoints.as_slice())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cat() -> Catalog {
+        Catalog::new(vec![
+            ServicePrefix::parse("/service").unwrap(),
+            ServicePrefix::parse("/web").unwrap(),
+        ])
+        .unwrap()
+    }
+
+    fn names(c: &Catalog, idx: usize) -> Vec<String> {
+        c.context_json()["services"][c.services()[idx].prefix.name()]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn puts_and_deletes_keep_context_sorted_and_in_sync() {
+        let mut c = cat();
+        assert!(c.put(0, b"/service/10.0.0.2:80", b"running"));
+        assert!(c.put(0, b"/service/10.0.0.1:80", b"running"));
+        assert!(c.put(0, b"/service/[::1]:80", b"running"));
+        assert!(!c.put(0, b"/service/10.0.0.1:80", b"running"), "same value is no change");
+        assert!(c.put(0, b"/service/10.0.0.1:80", br#"{"weight":5}"#));
+        assert_eq!(names(&c, 0), ["10.0.0.1_80", "10.0.0.2_80", "--1_80"]);
+        assert_eq!(c.context_json()["services"]["service"]["endpoints"][0]["weight"], 5);
+        assert!(c.delete(0, b"/service/10.0.0.2:80"));
+        assert!(!c.delete(0, b"/service/10.0.0.2:80"));
+        assert_eq!(names(&c, 0), ["10.0.0.1_80", "--1_80"]);
+        assert_eq!(c.context_json(), &{
+            let fresh = Catalog::new(c.services().iter().map(|s| s.prefix.clone()).collect()).unwrap();
+            let mut fresh = fresh;
+            fresh.replace(0, vec![
+                (b"/service/[::1]:80".to_vec(), b"running".to_vec()),
+                (b"/service/10.0.0.1:80".to_vec(), br#"{"weight":5}"#.to_vec()),
+            ]);
+            fresh.root
+        });
+    }
+
+    #[test]
+    fn invalid_put_removes_the_endpoint() {
+        let mut c = cat();
+        assert!(c.put(0, b"/service/10.0.0.1:80", b"running"));
+        assert!(c.put(0, b"/service/10.0.0.1:80", b"garbage"));
+        assert!(c.endpoints(0).is_empty());
+        assert!(!c.put(0, b"/service/not-an-endpoint", b"running"));
+    }
+
+    #[test]
+    fn snapshot_replaces_and_reports_no_change_when_equal() {
+        let mut c = cat();
+        let entries = vec![(b"/web/10.0.0.9:8080".to_vec(), b"running".to_vec())];
+        assert!(c.replace(1, entries.clone()));
+        assert!(!c.replace(1, entries));
+        assert_eq!(names(&c, 1), ["10.0.0.9_8080"]);
+        assert!(c.replace(1, vec![]));
+        assert!(names(&c, 1).is_empty());
+    }
+
+    #[test]
+    fn duplicate_service_names_are_refused() {
+        let err = Catalog::new(vec![
+            ServicePrefix::parse("/a/web").unwrap(),
+            ServicePrefix::parse("/b/web").unwrap(),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("\"web\""), "{err}");
+    }
+
+    #[test]
+    fn context_survives_lending() {
+        let mut c = cat();
+        c.put(0, b"/service/10.0.0.1:80", b"running");
+        let n = c.with_context(|ctx| ctx.get("services").is_some());
+        assert!(n);
+        assert_eq!(names(&c, 0), ["10.0.0.1_80"]);
+    }
+}

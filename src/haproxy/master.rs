@@ -1,0 +1,171 @@
+//! HAProxy's master CLI (`-S <socket>` in master-worker mode): `show proc` and `reload`.
+//!
+//! HAProxy 2.6's `reload` answers nothing, and the master refuses connections while it
+//! re-executes, so the outcome is read back from `show proc`: the master's reload counter
+//! must move, its failed-reload counter must not, and a new worker must be there.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+/// What `show proc` says about the master and its workers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProcList {
+    pub master_pid: u32,
+    pub reloads: u64,
+    pub failed: u64,
+    /// Workers as `(pid, reloads survived)`; a fresh worker has 0.
+    pub workers: Vec<(u32, u64)>,
+}
+
+impl ProcList {
+    /// Parses `show proc` output (HAProxy 2.6 and later).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut list = ProcList::default();
+        let mut saw_master = false;
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.is_empty() || fields[0].starts_with('#') {
+                continue;
+            }
+            let Ok(pid) = fields[0].parse::<u32>() else {
+                continue;
+            };
+            match fields.get(1).copied() {
+                Some("master") => {
+                    saw_master = true;
+                    list.master_pid = pid;
+                    list.reloads = fields.get(2).and_then(|r| r.parse().ok()).unwrap_or(0);
+                    list.failed = fields
+                        .get(4)
+                        .map(|f| f.trim_end_matches(']'))
+                        .and_then(|f| f.parse().ok())
+                        .unwrap_or(0);
+                }
+                Some("worker") => {
+                    let reloads = fields.get(2).and_then(|r| r.parse().ok()).unwrap_or(0);
+                    list.workers.push((pid, reloads));
+                }
+                _ => {}
+            }
+        }
+        if saw_master {
+            Ok(list)
+        } else {
+            Err(format!("unexpected `show proc` answer: {:?}", text.lines().next().unwrap_or("")))
+        }
+    }
+
+    /// The newest workers (those that have survived no reload).
+    pub fn current_workers(&self) -> impl Iterator<Item = u32> + '_ {
+        self.workers.iter().filter(|(_, r)| *r == 0).map(|(p, _)| *p)
+    }
+}
+
+/// A client of the master CLI socket.
+#[derive(Debug, Clone)]
+pub struct MasterSocket {
+    pub path: PathBuf,
+    /// How long to wait for a reload's outcome.
+    pub timeout: Duration,
+}
+
+impl MasterSocket {
+    /// Sends one command and reads the answer until the master closes the connection.
+    pub async fn command(&self, cmd: &str) -> std::io::Result<String> {
+        let mut s = UnixStream::connect(&self.path).await?;
+        s.write_all(cmd.as_bytes()).await?;
+        s.write_all(b"\n").await?;
+        let mut out = String::new();
+        tokio::time::timeout(self.timeout, s.read_to_string(&mut out))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
+        Ok(out)
+    }
+
+    /// `show proc`, retried while the master is re-executing (connection refused).
+    pub async fn show_proc(&self) -> Result<ProcList, String> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            match self.command("show proc").await {
+                Ok(text) if !text.trim().is_empty() => return ProcList::parse(&text),
+                Ok(_) => {}
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(format!("master socket {}: {e}", self.path.display()))
+                }
+                Err(_) => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("master socket {}: empty answer to `show proc`", self.path.display()));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Reloads and waits for the outcome; returns the new worker's PID.
+    pub async fn reload(&self) -> Result<u32, String> {
+        let before = self.show_proc().await?;
+        let _ = self
+            .command("reload")
+            .await
+            .map_err(|e| format!("master socket {}: sending reload: {e}", self.path.display()))?;
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            // While the master re-executes it refuses connections: keep polling.
+            let now = match self.command("show proc").await {
+                Ok(text) => ProcList::parse(&text).ok(),
+                Err(_) => None,
+            };
+            if let Some(now) = now {
+                if now.failed > before.failed {
+                    return Err(format!(
+                        "HAProxy refused the new configuration (master reports {} failed reload(s)); the previous worker keeps serving, see HAProxy's log",
+                        now.failed
+                    ));
+                }
+                if now.reloads > before.reloads {
+                    let old: Vec<u32> = before.workers.iter().map(|(p, _)| *p).collect();
+                    if let Some(pid) = now.current_workers().find(|p| !old.contains(p)) {
+                        return Ok(pid);
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "no new HAProxy worker within {:?} after reload (master socket {})",
+                    self.timeout,
+                    self.path.display()
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AFTER_FAILED: &str = "#<PID>          <type>          <reloads>       <uptime>        <version>
+4225            master          2 [failed: 1]   0d00h00m04s     2.6.12-1+deb12u4
+# workers
+4339            worker          1               0d00h00m01s     2.6.12-1+deb12u4
+4227            worker          2               0d00h00m05s     2.6.12-1+deb12u4
+# programs
+";
+
+    #[test]
+    fn parses_show_proc() {
+        let p = ProcList::parse(AFTER_FAILED).unwrap();
+        assert_eq!(p.master_pid, 4225);
+        assert_eq!((p.reloads, p.failed), (2, 1));
+        assert_eq!(p.workers, vec![(4339, 1), (4227, 2)]);
+        assert_eq!(p.current_workers().count(), 0);
+    }
+
+    #[test]
+    fn rejects_other_answers() {
+        assert!(ProcList::parse("Unknown command").is_err());
+    }
+}

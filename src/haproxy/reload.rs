@@ -1,0 +1,50 @@
+//! How HAProxy is told to load the new configuration: the master CLI or a command.
+
+use super::master::MasterSocket;
+use std::time::Duration;
+use tokio::process::Command;
+
+/// Makes HAProxy load the files on disk; `Ok` only once the reload is known to have worked.
+pub trait Reload {
+    fn reload(&self) -> impl std::future::Future<Output = Result<String, String>> + Send;
+}
+
+/// The reload methods the watcher supports.
+#[derive(Debug, Clone)]
+pub enum Reloader {
+    /// Nothing to reload (render and validate only).
+    None,
+    /// HAProxy's master CLI socket, confirmed through `show proc`.
+    Master(MasterSocket),
+    /// An operator's command, run with `sh -c`; exit status 0 means success.
+    Command { cmd: String, timeout: Duration },
+}
+
+impl Reloader {
+    pub fn is_none(&self) -> bool {
+        matches!(self, Reloader::None)
+    }
+}
+
+impl Reload for Reloader {
+    async fn reload(&self) -> Result<String, String> {
+        match self {
+            Reloader::None => Ok("no reload configured".into()),
+            Reloader::Master(m) => m.reload().await.map(|pid| format!("new worker pid {pid}")),
+            Reloader::Command { cmd, timeout } => {
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(cmd).stdin(std::process::Stdio::null()).kill_on_drop(true);
+                match tokio::time::timeout(*timeout, c.output()).await {
+                    Err(_) => Err(format!("--reload-cmd {cmd:?} timed out after {timeout:?}")),
+                    Ok(Err(e)) => Err(format!("--reload-cmd {cmd:?}: cannot run: {e}")),
+                    Ok(Ok(out)) if out.status.success() => Ok(format!("--reload-cmd exited 0")),
+                    Ok(Ok(out)) => Err(format!(
+                        "--reload-cmd {cmd:?} failed ({}): {}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Validation of candidate configurations with HAProxy itself.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::process::Command;
+
+/// Checks a set of configuration files the way HAProxy will load them.
+pub trait Validate {
+    /// `files` are passed in order as `-f`, after the base configuration. On failure the error
+    /// holds HAProxy's own message.
+    fn validate(&self, files: &[PathBuf]) -> impl std::future::Future<Output = Result<(), String>> + Send;
+}
+
+/// `haproxy -c -f <base> -f <file>...`.
+#[derive(Debug, Clone)]
+pub struct Validator {
+    pub haproxy_bin: PathBuf,
+    pub base: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+/// HAProxy's output, without the noise: trimmed lines joined with ` | `.
+fn summarize(out: &[u8]) -> String {
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+impl Validate for Validator {
+    async fn validate(&self, files: &[PathBuf]) -> Result<(), String> {
+        let mut cmd = Command::new(&self.haproxy_bin);
+        cmd.arg("-c");
+        for f in self.base.iter().chain(files) {
+            cmd.arg("-f").arg(f);
+        }
+        cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+        let out = match tokio::time::timeout(self.timeout, cmd.output()).await {
+            Err(_) => return Err(format!("`{} -c` timed out after {:?}", self.haproxy_bin.display(), self.timeout)),
+            Ok(Err(e)) => return Err(format!("cannot run {}: {e}", self.haproxy_bin.display())),
+            Ok(Ok(out)) => out,
+        };
+        if out.status.success() {
+            return Ok(());
+        }
+        let mut msg = summarize(&out.stderr);
+        let stdout = summarize(&out.stdout);
+        if !stdout.is_empty() {
+            if !msg.is_empty() {
+                msg.push_str(" | ");
+            }
+            msg.push_str(&stdout);
+        }
+        Err(format!("haproxy -c rejected the candidate ({}): {msg}", out.status))
+    }
+}
+
+/// Whether `path` looks runnable: used to fail early with a clear message.
+pub fn find_binary(bin: &Path) -> bool {
+    if bin.components().count() > 1 {
+        return bin.exists();
+    }
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(bin).exists()))
+        .unwrap_or(false)
+}

@@ -1,0 +1,231 @@
+//! The etcd key layout shared by the sidekick and the watcher.
+//!
+//! A service is a key prefix such as `/service`; each live backend of it is one key
+//! `<prefix>/<ip>:<port>` (IPv6 as `<prefix>/[<addr>]:<port>`), written by a sidekick under a
+//! lease. Keys come from the network and are untrusted: [`parse_endpoint_key`] accepts only the
+//! canonical text of a routable socket address, so nothing from a key can reach HAProxy's
+//! configuration except digits, dots, colons and hex digits.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+/// The default service prefix (`--key service` in the original sidekick).
+pub const DEFAULT_PREFIX: &str = "/service";
+
+/// Why a key under a prefix is not an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("not valid UTF-8")]
+    NotUtf8,
+    #[error("not under the prefix")]
+    OutsidePrefix,
+    #[error("nested path below the service prefix")]
+    Nested,
+    #[error("not an ip:port (IPv6 as [addr]:port)")]
+    NotSocketAddr,
+    #[error("port 0 is not a valid endpoint port")]
+    PortZero,
+    #[error("address {0} cannot be routed to (unspecified, multicast or broadcast)")]
+    Unroutable(IpAddr),
+    #[error("IPv6 zone or flow information is not supported")]
+    Ipv6Scope,
+    #[error("not in canonical form, expected \"{0}\"")]
+    NotCanonical(String),
+}
+
+/// Why a `--prefix` (or `--key`) value is not a usable service prefix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("service prefix \"{prefix}\": {reason}")]
+pub struct PrefixError {
+    pub prefix: String,
+    pub reason: &'static str,
+}
+
+/// A validated service prefix, e.g. `/service` or `/prod/web`, and the service name derived
+/// from its last path segment.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServicePrefix {
+    prefix: String,
+    name: String,
+}
+
+impl ServicePrefix {
+    /// Parses a prefix. A missing leading `/` is added (so `--key web` means `/web`) and a
+    /// trailing `/` is dropped. Every segment may hold only ASCII letters, digits, `-`, `_` and
+    /// `.`, so the prefix and the service name (its last segment, at most 64 characters) are
+    /// valid HAProxy names and safe in any template.
+    pub fn parse(raw: &str) -> Result<Self, PrefixError> {
+        let err = |reason| PrefixError {
+            prefix: raw.to_string(),
+            reason,
+        };
+        let trimmed = raw.trim_end_matches('/');
+        let prefix = if trimmed.starts_with('/') {
+            trimmed.to_string()
+        } else {
+            format!("/{trimmed}")
+        };
+        if prefix.len() <= 1 {
+            return Err(err("is empty"));
+        }
+        if prefix.split('/').skip(1).any(str::is_empty) {
+            return Err(err("contains an empty path segment"));
+        }
+        let name = prefix.rsplit('/').next().unwrap_or_default().to_string();
+        if name.len() > 64 {
+            return Err(err("the service name (last segment) is longer than 64 characters"));
+        }
+        if !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+        {
+            return Err(err(
+                "path segments may hold only ASCII letters, digits, '-', '_' and '.'",
+            ));
+        }
+        Ok(Self { prefix, name })
+    }
+
+    /// The prefix without a trailing slash, e.g. `/service`.
+    pub fn as_str(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The service (and HAProxy backend) name, e.g. `service`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The etcd range to list and watch: every key that starts with `<prefix>/`.
+    pub fn watch_key(&self) -> String {
+        format!("{}/", self.prefix)
+    }
+
+    /// The key an endpoint is registered under.
+    pub fn endpoint_key(&self, addr: SocketAddr) -> String {
+        format!("{}/{}", self.prefix, addr)
+    }
+}
+
+impl fmt::Display for ServicePrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.prefix)
+    }
+}
+
+/// Parses the part of `key` below `prefix` as an endpoint address.
+///
+/// Accepts exactly the canonical `Display` text of a [`SocketAddr`] (so `10.0.0.1:80` and
+/// `[fe80::1]:80`, not `010.0.0.1:80` or `[FE80::1]:80`): two keys can never name the same
+/// endpoint, and the text that reaches the output is always the canonical one.
+pub fn parse_endpoint_key(prefix: &ServicePrefix, key: &[u8]) -> Result<SocketAddr, KeyError> {
+    let key = std::str::from_utf8(key).map_err(|_| KeyError::NotUtf8)?;
+    let rest = key
+        .strip_prefix(prefix.as_str())
+        .and_then(|r| r.strip_prefix('/'))
+        .ok_or(KeyError::OutsidePrefix)?;
+    if rest.contains('/') {
+        return Err(KeyError::Nested);
+    }
+    let addr: SocketAddr = rest.parse().map_err(|_| KeyError::NotSocketAddr)?;
+    if let SocketAddr::V6(v6) = addr {
+        if v6.scope_id() != 0 || v6.flowinfo() != 0 {
+            return Err(KeyError::Ipv6Scope);
+        }
+    }
+    if addr.port() == 0 {
+        return Err(KeyError::PortZero);
+    }
+    let ip = addr.ip();
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_unspecified() || ip.is_multicast() || broadcast {
+        return Err(KeyError::Unroutable(ip));
+    }
+    let canonical = addr.to_string();
+    if canonical != rest {
+        return Err(KeyError::NotCanonical(canonical));
+    }
+    Ok(addr)
+}
+
+/// The stable HAProxy server name of an endpoint, derived from its address alone:
+/// `10.0.0.1:8080` → `10.0.0.1_8080`, `[fe80::1]:8080` → `fe80--1_8080`.
+///
+/// The mapping is injective on canonical addresses (IPv6 text never holds `-`), so a changed
+/// endpoint never inherits another endpoint's server state across a reload.
+pub fn server_name(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => v6.to_string().replace(':', "-"),
+    };
+    format!("{ip}_{}", addr.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc() -> ServicePrefix {
+        ServicePrefix::parse("/service").unwrap()
+    }
+
+    #[test]
+    fn prefix_forms() {
+        assert_eq!(ServicePrefix::parse("service").unwrap().as_str(), "/service");
+        assert_eq!(ServicePrefix::parse("/a/b/web/").unwrap().name(), "web");
+        assert_eq!(svc().watch_key(), "/service/");
+        assert!(ServicePrefix::parse("/").is_err());
+        assert!(ServicePrefix::parse("").is_err());
+        assert!(ServicePrefix::parse("/a//b").is_err());
+        assert!(ServicePrefix::parse("/my service").is_err());
+        assert!(ServicePrefix::parse("/x\nbackend evil").is_err());
+    }
+
+    #[test]
+    fn accepts_canonical_endpoints() {
+        let p = svc();
+        assert_eq!(
+            parse_endpoint_key(&p, b"/service/10.0.0.1:8080").unwrap(),
+            "10.0.0.1:8080".parse().unwrap()
+        );
+        assert_eq!(
+            parse_endpoint_key(&p, b"/service/[fe80::1]:80").unwrap(),
+            "[fe80::1]:80".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn rejects_bad_keys() {
+        let p = svc();
+        let cases: &[(&[u8], KeyError)] = &[
+            (b"/service/10.0.0.1", KeyError::NotSocketAddr),
+            (b"/service/10.0.0.1:0", KeyError::PortZero),
+            (b"/service/10.0.0.1:65536", KeyError::NotSocketAddr),
+            (b"/service/a/10.0.0.1:80", KeyError::Nested),
+            (b"/service/\xff", KeyError::NotUtf8),
+            (b"/servicex/10.0.0.1:80", KeyError::OutsidePrefix),
+            (b"/service/host.example:80", KeyError::NotSocketAddr),
+            (b"/service/10.0.0.1:80 backup", KeyError::NotSocketAddr),
+            (b"/service/10.0.0.1:80\n", KeyError::NotSocketAddr),
+            (b"/service/fe80::1:80", KeyError::NotSocketAddr),
+            (b"/service/0.0.0.0:80", KeyError::Unroutable("0.0.0.0".parse().unwrap())),
+            (b"/service/[::]:80", KeyError::Unroutable("::".parse().unwrap())),
+            (b"/service/[FE80::1]:80", KeyError::NotCanonical("[fe80::1]:80".into())),
+            (b"/service/[fe80::1%2]:80", KeyError::Ipv6Scope),
+        ];
+        for (key, want) in cases {
+            assert_eq!(
+                parse_endpoint_key(&p, key).as_ref(),
+                Err(want),
+                "key {:?}",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+
+    #[test]
+    fn server_names_are_stable_and_safe() {
+        assert_eq!(server_name("10.0.0.1:8080".parse().unwrap()), "10.0.0.1_8080");
+        assert_eq!(server_name("[fe80::1]:80".parse().unwrap()), "fe80--1_80");
+    }
+}

@@ -1,0 +1,372 @@
+//! The change pipeline: etcd events and template edits in; rendered, validated, atomically
+//! written configuration and HAProxy reloads out.
+//!
+//! ```text
+//! etcd watch ─┐                     ┌─ render all templates (incremental catalog, no copy)
+//!             ├─► Input ─► debounce ┤  unchanged? stop.  changed? stage + `haproxy -c`
+//! notify ─────┘                     └─ rename over live files ─► reload (≥ min interval, retried)
+//! ```
+//!
+//! One task owns all state, so there is exactly one render and at most one reload in flight;
+//! whatever arrives meanwhile waits in the channel and is coalesced into the next apply. The
+//! I/O at the edges (validation, reload) sits behind the [`Validate`] and [`Reload`] seams.
+
+pub mod debounce;
+
+use crate::backoff::Backoff;
+use crate::catalog::Catalog;
+use crate::etcd::WatchEvent;
+use crate::haproxy::{Reload, Validate};
+use crate::output::{read_live, Staged};
+use crate::render::Renderer;
+use debounce::Debounce;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Something the pipeline reacts to.
+#[derive(Debug)]
+pub enum Input {
+    Etcd(WatchEvent),
+    /// A template file changed on disk.
+    Template(PathBuf),
+}
+
+/// Timing of the pipeline.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// A change is applied once no other change arrived for this long...
+    pub debounce: Duration,
+    /// ...but never later than this after the first change held back.
+    pub debounce_max: Duration,
+    /// Least time between two reloads.
+    pub min_reload_interval: Duration,
+    /// Backoff for retrying a failed reload.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            debounce: Duration::from_millis(100),
+            debounce_max: Duration::from_secs(1),
+            min_reload_interval: Duration::from_millis(500),
+            retry_min: Duration::from_millis(500),
+            retry_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters, for logs and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub applies: u64,
+    pub writes: u64,
+    pub validation_failures: u64,
+    pub reloads: u64,
+    pub reload_failures: u64,
+}
+
+/// What one apply did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// No etcd data yet: nothing rendered.
+    NotSynced,
+    /// Every output already held the rendered content.
+    Unchanged,
+    /// These outputs were replaced.
+    Written(Vec<PathBuf>),
+    /// `haproxy -c` (or a template) refused the candidate; the live files were kept.
+    Rejected(String),
+}
+
+/// The pipeline's state. `V` validates candidates, `R` reloads HAProxy.
+pub struct Pipeline<V, R> {
+    pub catalog: Catalog,
+    pub renderer: Renderer,
+    validator: Option<V>,
+    reloader: R,
+    reload_enabled: bool,
+    timing: Timing,
+    debounce: Debounce,
+    /// Content of each output as last written (or found at start).
+    live: Vec<Option<String>>,
+    /// Hash of the candidate set validation last refused, so it is not re-checked unchanged.
+    refused: Option<u64>,
+    synced: bool,
+    reload_pending: bool,
+    reload_at: Option<Instant>,
+    last_reload: Option<Instant>,
+    retry: Backoff,
+    pub stats: Stats,
+}
+
+fn hash_set(candidates: &[Option<String>]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    candidates.hash(&mut h);
+    h.finish()
+}
+
+impl<V: Validate, R: Reload> Pipeline<V, R> {
+    /// A pipeline over `catalog` and `renderer`. `validator` is `None` to skip `haproxy -c`;
+    /// `reload_enabled` is false when nothing is to be reloaded.
+    pub fn new(
+        catalog: Catalog,
+        renderer: Renderer,
+        validator: Option<V>,
+        reloader: R,
+        reload_enabled: bool,
+        timing: Timing,
+    ) -> std::io::Result<Self> {
+        let live = renderer
+            .specs()
+            .iter()
+            .map(|s| read_live(&s.output))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Self {
+            catalog,
+            renderer,
+            validator,
+            reloader,
+            reload_enabled,
+            debounce: Debounce::new(timing.debounce, timing.debounce_max),
+            retry: Backoff::new(timing.retry_min, timing.retry_max),
+            timing,
+            live,
+            refused: None,
+            synced: false,
+            reload_pending: false,
+            reload_at: None,
+            last_reload: None,
+            stats: Stats::default(),
+        })
+    }
+
+    /// Takes one input into the state; returns whether it calls for a new render.
+    pub fn handle(&mut self, input: Input, now: Instant) -> bool {
+        let dirty = match input {
+            Input::Etcd(ev) => {
+                let first = !self.synced && matches!(ev, WatchEvent::Snapshot { .. });
+                self.synced |= first;
+                self.catalog.apply(ev) || first
+            }
+            Input::Template(path) => match self.renderer.reload(&path) {
+                Ok(changed) => {
+                    if changed {
+                        tracing::info!(template = %path.display(), "template changed on disk");
+                    }
+                    changed
+                }
+                Err(e) => {
+                    tracing::error!(template = %path.display(), error = %e, "template rejected; the last good version stays in use");
+                    false
+                }
+            },
+        };
+        if dirty {
+            self.debounce.change(now);
+        }
+        dirty
+    }
+
+    /// When the pending changes should be rendered: debounced and, while reloads are rate
+    /// limited, held back too so that they coalesce.
+    fn apply_due(&self) -> Option<Instant> {
+        let due = self.debounce.due()?;
+        Some(match (self.reload_enabled, self.last_reload) {
+            (true, Some(last)) => due.max(last + self.timing.min_reload_interval),
+            _ => due,
+        })
+    }
+
+    /// When the next piece of work is due, if any.
+    pub fn next_due(&self) -> Option<Instant> {
+        let reload = self.reload_at.filter(|_| self.reload_pending);
+        match (self.apply_due(), reload) {
+            (Some(a), Some(r)) => Some(a.min(r)),
+            (a, r) => a.or(r),
+        }
+    }
+
+    /// Does whatever is due at `now`.
+    pub async fn tick(&mut self, now: Instant) {
+        if self.apply_due().is_some_and(|d| d <= now) {
+            self.debounce.applied();
+            self.apply().await;
+        }
+        if self.reload_pending && self.reload_at.is_some_and(|t| t <= Instant::now()) {
+            self.reload().await;
+        }
+    }
+
+    /// Renders every template and, if any output changed, validates and writes the set.
+    pub async fn apply(&mut self) -> Applied {
+        if !self.synced {
+            return Applied::NotSynced;
+        }
+        self.stats.applies += 1;
+        let started = Instant::now();
+        let rendered = self.renderer.render_all(&mut self.catalog);
+        let render_time = started.elapsed();
+        let mut candidates: Vec<Option<String>> = Vec::with_capacity(rendered.len());
+        let mut errors = Vec::new();
+        for (i, r) in rendered.into_iter().enumerate() {
+            match r {
+                Ok(text) => candidates.push(Some(text)),
+                Err(e) => {
+                    tracing::error!(error = %e, output = %self.renderer.specs()[i].output.display(), "render failed; keeping the live file");
+                    errors.push(e.0);
+                    candidates.push(self.live[i].clone());
+                }
+            }
+        }
+        let changed: Vec<usize> = (0..candidates.len())
+            .filter(|&i| candidates[i].is_some() && candidates[i] != self.live[i])
+            .collect();
+        if changed.is_empty() {
+            tracing::debug!(?render_time, "rendered; no output changed");
+            return if errors.is_empty() {
+                Applied::Unchanged
+            } else {
+                Applied::Rejected(errors.join("; "))
+            };
+        }
+        let hash = hash_set(&candidates);
+        if self.refused == Some(hash) {
+            return Applied::Rejected("candidate unchanged since haproxy -c refused it".into());
+        }
+        match self.validate_and_write(&candidates, &changed).await {
+            Ok(paths) => {
+                self.refused = None;
+                for &i in &changed {
+                    self.live[i] = candidates[i].take();
+                }
+                self.stats.writes += 1;
+                tracing::info!(
+                    outputs = ?paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                    endpoints = self.catalog.endpoint_count(),
+                    ?render_time,
+                    total_time = ?started.elapsed(),
+                    "configuration updated"
+                );
+                if self.reload_enabled {
+                    self.reload_pending = true;
+                    if self.reload_at.is_none() {
+                        let earliest = self
+                            .last_reload
+                            .map_or(Instant::now(), |t| t + self.timing.min_reload_interval);
+                        self.reload_at = Some(earliest);
+                    }
+                }
+                Applied::Written(paths)
+            }
+            Err(e) => {
+                self.refused = Some(hash);
+                self.stats.validation_failures += 1;
+                tracing::error!(error = %e, "candidate configuration rejected; the live configuration keeps serving");
+                Applied::Rejected(e)
+            }
+        }
+    }
+
+    async fn validate_and_write(
+        &mut self,
+        candidates: &[Option<String>],
+        changed: &[usize],
+    ) -> Result<Vec<PathBuf>, String> {
+        let specs = self.renderer.specs();
+        let mut staged = Vec::with_capacity(changed.len());
+        for &i in changed {
+            let out = &specs[i].output;
+            let text = candidates[i].as_deref().unwrap_or_default();
+            let s = Staged::write(out, text)
+                .map_err(|e| format!("output {}: cannot write a candidate: {e}", out.display()))?;
+            staged.push((i, s));
+        }
+        if let Some(v) = &self.validator {
+            let files: Vec<PathBuf> = (0..specs.len())
+                .filter_map(|i| match staged.iter().find(|(j, _)| *j == i) {
+                    Some((_, s)) => Some(s.path().to_path_buf()),
+                    None if self.live[i].is_some() => Some(specs[i].output.clone()),
+                    None => None,
+                })
+                .collect();
+            v.validate(&files).await?;
+        }
+        let mut paths = Vec::with_capacity(staged.len());
+        for (i, s) in staged {
+            let out = specs[i].output.clone();
+            s.commit()
+                .map_err(|e| format!("output {}: cannot replace: {e}", out.display()))?;
+            paths.push(out);
+        }
+        Ok(paths)
+    }
+
+    /// Reloads HAProxy; on failure schedules a retry with backoff.
+    pub async fn reload(&mut self) -> bool {
+        let started = Instant::now();
+        let result = self.reloader.reload().await;
+        self.last_reload = Some(Instant::now());
+        match result {
+            Ok(detail) => {
+                self.stats.reloads += 1;
+                self.reload_pending = false;
+                self.reload_at = None;
+                self.retry.reset();
+                tracing::info!(took = ?started.elapsed(), %detail, "HAProxy reloaded");
+                true
+            }
+            Err(e) => {
+                self.stats.reload_failures += 1;
+                let delay = self.retry.next_delay();
+                self.reload_at = Some(Instant::now() + delay);
+                tracing::error!(error = %e, retry_in = ?delay, "HAProxy reload failed; will retry");
+                false
+            }
+        }
+    }
+
+    /// Whether a reload is waiting (written but not yet loaded by HAProxy).
+    pub fn reload_pending(&self) -> bool {
+        self.reload_pending
+    }
+
+    /// Runs until `rx` closes or `shutdown` resolves.
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Input>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Stats {
+        tokio::pin!(shutdown);
+        loop {
+            let due = self.next_due();
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                msg = rx.recv() => {
+                    let Some(input) = msg else { break };
+                    let now = Instant::now();
+                    self.handle(input, now);
+                    // Take everything already queued before deciding: a burst is one apply.
+                    while let Ok(more) = rx.try_recv() {
+                        self.handle(more, now);
+                    }
+                }
+                _ = sleep_until_opt(due) => {
+                    self.tick(Instant::now()).await;
+                }
+            }
+        }
+        self.stats
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}

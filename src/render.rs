@@ -1,0 +1,264 @@
+//! Rendering: the operator's Tera templates, each paired with the output file it renders to.
+//!
+//! A template that fails to parse is reported with its file and line and does not replace the
+//! last good version of itself, so etcd changes keep flowing while the operator fixes it.
+
+use crate::catalog::Catalog;
+use anyhow::{Context as _, Result};
+use std::path::{Path, PathBuf};
+
+/// The default template, shipped in `templates/` and built into the binary.
+pub const DEFAULT_TEMPLATE: &str = include_str!("../templates/haproxy-backends.cfg.tera");
+/// How the built-in default template is named in messages.
+pub const DEFAULT_TEMPLATE_NAME: &str = "<built-in templates/haproxy-backends.cfg.tera>";
+
+/// One template and the file it renders to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateSpec {
+    /// `None` means the built-in default template.
+    pub template: Option<PathBuf>,
+    pub output: PathBuf,
+}
+
+impl TemplateSpec {
+    /// The name the template goes by in messages: its path, or the built-in's name.
+    pub fn name(&self) -> String {
+        match &self.template {
+            Some(p) => p.display().to_string(),
+            None => DEFAULT_TEMPLATE_NAME.to_string(),
+        }
+    }
+}
+
+/// A template error, already formatted as `file:line:col: message` where the line is known.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TemplateError(pub String);
+
+/// The set of templates and their outputs.
+pub struct Renderer {
+    tera: tera::Tera,
+    specs: Vec<TemplateSpec>,
+    /// Source text of each template as last loaded successfully (for error line lookup).
+    sources: Vec<String>,
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+/// Finds `--> line:col` in a Tera/pest parse error.
+fn parse_error_position(msg: &str) -> Option<(usize, usize)> {
+    let at = msg.find("--> ")? + 4;
+    let rest = &msg[at..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == ':'))
+        .unwrap_or(rest.len());
+    let (l, c) = rest[..end].split_once(':')?;
+    Some((l.parse().ok()?, c.parse().ok()?))
+}
+
+/// For a render error naming an expression in backticks, the first line that mentions it.
+fn render_error_line(msg: &str, source: &str) -> Option<usize> {
+    let start = msg.find('`')? + 1;
+    let len = msg[start..].find('`')?;
+    let needle = &msg[start..start + len];
+    let needle = needle.split(['.', '[']).next().unwrap_or(needle);
+    source
+        .lines()
+        .position(|l| l.contains(needle))
+        .map(|i| i + 1)
+}
+
+fn parse_template(name: &str, source: &str) -> Result<(), TemplateError> {
+    let mut scratch = tera::Tera::default();
+    scratch.add_raw_template(name, source).map_err(|e| {
+        let chain = error_chain(&e);
+        match parse_error_position(&chain) {
+            Some((l, c)) => TemplateError(format!("{name}:{l}:{c}: template does not parse: {chain}")),
+            None => TemplateError(format!("{name}: template does not parse: {chain}")),
+        }
+    })
+}
+
+impl Renderer {
+    /// Loads every template; any that is missing or does not parse is an error naming it.
+    pub fn new(specs: Vec<TemplateSpec>) -> Result<Self> {
+        let mut tera = tera::Tera::default();
+        tera.autoescape_on(vec![]);
+        let mut sources = Vec::with_capacity(specs.len());
+        for spec in &specs {
+            let source = match &spec.template {
+                Some(p) => std::fs::read_to_string(p)
+                    .with_context(|| format!("template {}: cannot read", p.display()))?,
+                None => DEFAULT_TEMPLATE.to_string(),
+            };
+            let name = spec.name();
+            parse_template(&name, &source)?;
+            tera.add_raw_template(&name, &source)
+                .map_err(|e| TemplateError(format!("{name}: {}", error_chain(&e))))?;
+            sources.push(source);
+        }
+        Ok(Self {
+            tera,
+            specs,
+            sources,
+        })
+    }
+
+    pub fn specs(&self) -> &[TemplateSpec] {
+        &self.specs
+    }
+
+    /// The template files on disk (for watching them).
+    pub fn template_paths(&self) -> impl Iterator<Item = &Path> {
+        self.specs.iter().filter_map(|s| s.template.as_deref())
+    }
+
+    /// Re-reads every template loaded from `path`. Returns whether any changed; on an error
+    /// the last good version stays in use.
+    pub fn reload(&mut self, path: &Path) -> Result<bool, TemplateError> {
+        let mut changed = false;
+        for i in 0..self.specs.len() {
+            let Some(p) = &self.specs[i].template else {
+                continue;
+            };
+            if p != path {
+                continue;
+            }
+            let name = self.specs[i].name();
+            let source = std::fs::read_to_string(p)
+                .map_err(|e| TemplateError(format!("{name}: cannot read: {e}")))?;
+            if source == self.sources[i] {
+                continue;
+            }
+            parse_template(&name, &source)?;
+            self.tera
+                .add_raw_template(&name, &source)
+                .map_err(|e| TemplateError(format!("{name}: {}", error_chain(&e))))?;
+            self.sources[i] = source;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// Renders template `i` against the catalog.
+    pub fn render_one(&self, i: usize, ctx: &tera::Context) -> Result<String, TemplateError> {
+        let name = self.specs[i].name();
+        self.tera.render(&name, ctx).map_err(|e| {
+            let chain = error_chain(&e);
+            match render_error_line(&chain, &self.sources[i]) {
+                Some(l) => TemplateError(format!("{name}:{l}: template does not render: {chain}")),
+                None => TemplateError(format!("{name}: template does not render: {chain}")),
+            }
+        })
+    }
+
+    /// Renders every template; each result is independent of the others.
+    pub fn render_all(&self, catalog: &mut Catalog) -> Vec<Result<String, TemplateError>> {
+        catalog.with_context(|ctx| (0..self.specs.len()).map(|i| self.render_one(i, ctx)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::ServicePrefix;
+    use std::io::Write;
+
+    fn catalog() -> Catalog {
+        let mut c = Catalog::new(vec![ServicePrefix::parse("/service").unwrap()]).unwrap();
+        c.put(0, b"/service/10.0.0.2:8080", br#"{"weight":7}"#);
+        c.put(0, b"/service/10.0.0.1:8080", b"running");
+        c
+    }
+
+    fn default_renderer() -> Renderer {
+        Renderer::new(vec![TemplateSpec {
+            template: None,
+            output: "out.cfg".into(),
+        }])
+        .unwrap()
+    }
+
+    #[test]
+    fn default_template_renders_one_backend_with_sorted_servers() {
+        let r = default_renderer();
+        let out = r.render_all(&mut catalog()).remove(0).unwrap();
+        let servers: Vec<&str> = out
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("server "))
+            .collect();
+        assert_eq!(
+            servers,
+            [
+                "server 10.0.0.1_8080 10.0.0.1:8080 check weight 100",
+                "server 10.0.0.2_8080 10.0.0.2:8080 check weight 7"
+            ]
+        );
+        assert!(out.contains("backend service\n"), "{out}");
+    }
+
+    #[test]
+    fn same_state_renders_identical_bytes() {
+        let r = default_renderer();
+        let mut a = catalog();
+        let mut b = Catalog::new(vec![ServicePrefix::parse("/service").unwrap()]).unwrap();
+        b.put(0, b"/service/10.0.0.1:8080", b"running");
+        b.put(0, b"/service/10.0.0.2:8080", br#"{"weight":7}"#);
+        assert_eq!(r.render_all(&mut a), r.render_all(&mut b));
+    }
+
+    #[test]
+    fn parse_error_names_file_and_line() {
+        let mut f = tempfile::Builder::new().suffix(".tera").tempfile().unwrap();
+        write!(f, "ok\n{{% for x in services %}}\n{{{{ x.name | }}}}\n{{% endfor %}}\n").unwrap();
+        let err = match Renderer::new(vec![TemplateSpec {
+            template: Some(f.path().to_path_buf()),
+            output: "o".into(),
+        }]) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("broken template accepted"),
+        };
+        let want = format!("{}:3:", f.path().display());
+        assert!(err.starts_with(&want), "{err}");
+    }
+
+    #[test]
+    fn render_error_names_file_and_line() {
+        let mut f = tempfile::Builder::new().suffix(".tera").tempfile().unwrap();
+        write!(f, "a\nb\n{{{{ nosuch.thing }}}}\n").unwrap();
+        let r = Renderer::new(vec![TemplateSpec {
+            template: Some(f.path().to_path_buf()),
+            output: "o".into(),
+        }])
+        .unwrap();
+        let err = r.render_all(&mut catalog()).remove(0).unwrap_err().0;
+        assert!(err.starts_with(&format!("{}:3:", f.path().display())), "{err}");
+    }
+
+    #[test]
+    fn reload_keeps_last_good_template_on_error() {
+        let mut f = tempfile::Builder::new().suffix(".tera").tempfile().unwrap();
+        write!(f, "v1").unwrap();
+        let path = f.path().to_path_buf();
+        let mut r = Renderer::new(vec![TemplateSpec {
+            template: Some(path.clone()),
+            output: "o".into(),
+        }])
+        .unwrap();
+        std::fs::write(&path, "{% if %}").unwrap();
+        assert!(r.reload(&path).is_err());
+        assert_eq!(r.render_all(&mut catalog()).remove(0).unwrap(), "v1");
+        std::fs::write(&path, "v2").unwrap();
+        assert!(r.reload(&path).unwrap());
+        assert_eq!(r.render_all(&mut catalog()).remove(0).unwrap(), "v2");
+    }
+}

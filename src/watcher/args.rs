@@ -1,0 +1,180 @@
+//! The `dockreg-haproxy` command line.
+
+use crate::etcd::EtcdArgs;
+use crate::keys::{ServicePrefix, DEFAULT_PREFIX};
+use crate::pipeline::Timing;
+use crate::render::TemplateSpec;
+use crate::runtime::LogFormat;
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Watch etcd for service endpoints and keep HAProxy's backends in step with them.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "dockreg-haproxy", version, about, long_about = None)]
+pub struct WatcherArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+
+    /// Service prefix in etcd; repeat for several services. Each is one service named after its
+    /// last segment (`/service` → backend `service`).
+    #[arg(long = "prefix", env = "DOCKREG_PREFIX", value_delimiter = ',', default_value = DEFAULT_PREFIX)]
+    pub prefixes: Vec<String>,
+
+    /// Tera template to render; repeat, each paired in order with an --output. Without it the
+    /// built-in default template (templates/haproxy-backends.cfg.tera) is used.
+    #[arg(long = "template", env = "DOCKREG_TEMPLATE", value_delimiter = ',')]
+    pub templates: Vec<PathBuf>,
+
+    /// File each template renders to (HAProxy loads it with -f after the base config).
+    #[arg(long = "output", env = "DOCKREG_OUTPUT", value_delimiter = ',', default_value = "/run/dockreg/backends.cfg")]
+    pub outputs: Vec<PathBuf>,
+
+    /// Base HAProxy configuration: candidates are validated together with it
+    /// (`haproxy -c -f <base> -f <candidate>`).
+    #[arg(long, env = "DOCKREG_HAPROXY_CONFIG")]
+    pub haproxy_config: Option<PathBuf>,
+
+    /// HAProxy binary used for validation.
+    #[arg(long, env = "DOCKREG_HAPROXY_BIN", default_value = "haproxy")]
+    pub haproxy_bin: PathBuf,
+
+    /// Skip validation with `haproxy -c` (render only).
+    #[arg(long, env = "DOCKREG_NO_VALIDATE")]
+    pub no_validate: bool,
+
+    /// HAProxy master CLI socket (HAProxy started with -W -S <path>): reload through it and
+    /// confirm through `show proc`.
+    #[arg(long, env = "DOCKREG_MASTER_SOCKET", conflicts_with = "reload_cmd")]
+    pub master_socket: Option<PathBuf>,
+
+    /// Command that reloads HAProxy, run with `sh -c`; exit status 0 means success.
+    #[arg(long, env = "DOCKREG_RELOAD_CMD")]
+    pub reload_cmd: Option<String>,
+
+    /// How long a reload (and a validation) may take before it counts as failed.
+    #[arg(long, env = "DOCKREG_RELOAD_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub reload_timeout: Duration,
+
+    /// Apply a change once no other arrived for this long (bursts are coalesced); a change after
+    /// a quiet stretch is applied at once.
+    #[arg(long, env = "DOCKREG_DEBOUNCE", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub debounce: Duration,
+
+    /// Never hold a change back longer than this, however busy etcd is.
+    #[arg(long, env = "DOCKREG_DEBOUNCE_MAX", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub debounce_max: Duration,
+
+    /// Least time between two HAProxy reloads.
+    #[arg(long, env = "DOCKREG_MIN_RELOAD_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub min_reload_interval: Duration,
+
+    /// Render, validate, write and reload once, then exit (non-zero on any failure).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub once: bool,
+
+    /// Print the diff between the live files and what would be written, then exit; touches
+    /// nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Log format.
+    #[arg(long, env = "DOCKREG_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl WatcherArgs {
+    /// The service prefixes, validated.
+    pub fn service_prefixes(&self) -> Result<Vec<ServicePrefix>> {
+        self.prefixes
+            .iter()
+            .map(|p| ServicePrefix::parse(p).map_err(|e| anyhow::anyhow!("--prefix: {e}")))
+            .collect()
+    }
+
+    /// Template/output pairs: each --template with the --output at the same position, or the
+    /// built-in template rendering to the single --output.
+    pub fn template_specs(&self) -> Result<Vec<TemplateSpec>> {
+        if self.templates.is_empty() {
+            let [output] = self.outputs.as_slice() else {
+                bail!("--output given {} times but no --template: the built-in template renders to one --output", self.outputs.len());
+            };
+            return Ok(vec![TemplateSpec {
+                template: None,
+                output: output.clone(),
+            }]);
+        }
+        if self.templates.len() != self.outputs.len() {
+            bail!(
+                "{} --template but {} --output: give one --output per --template, in the same order",
+                self.templates.len(),
+                self.outputs.len()
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut specs = Vec::new();
+        for (t, o) in self.templates.iter().zip(&self.outputs) {
+            if !seen.insert(o.clone()) {
+                bail!("--output {}: given twice", o.display());
+            }
+            let template = std::fs::canonicalize(t)
+                .map_err(|e| anyhow::anyhow!("--template {}: {e}", t.display()))?;
+            specs.push(TemplateSpec {
+                template: Some(template),
+                output: o.clone(),
+            });
+        }
+        Ok(specs)
+    }
+
+    pub fn timing(&self) -> Timing {
+        Timing {
+            debounce: self.debounce,
+            debounce_max: self.debounce_max,
+            min_reload_interval: self.min_reload_interval,
+            ..Timing::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> WatcherArgs {
+        WatcherArgs::try_parse_from(std::iter::once("dockreg-haproxy").chain(args.iter().copied()))
+            .unwrap()
+    }
+
+    #[test]
+    fn defaults() {
+        let a = parse(&[]);
+        assert_eq!(a.etcd.endpoints, ["http://127.0.0.1:2379"]);
+        assert_eq!(a.service_prefixes().unwrap()[0].name(), "service");
+        assert_eq!(a.template_specs().unwrap()[0].template, None);
+    }
+
+    #[test]
+    fn comma_separated_etcd_and_repeated_prefixes() {
+        let a = parse(&["--etcd", "http://h1:2379,http://h2:2379", "--prefix", "/a/web", "--prefix", "api"]);
+        assert_eq!(a.etcd.endpoints.len(), 2);
+        let names: Vec<_> = a.service_prefixes().unwrap().iter().map(|p| p.name().to_string()).collect();
+        assert_eq!(names, ["web", "api"]);
+    }
+
+    #[test]
+    fn mismatched_pairs_name_the_flags() {
+        let a = parse(&["--template", "Cargo.toml", "--output", "a", "--output", "b"]);
+        let err = a.template_specs().unwrap_err().to_string();
+        assert!(err.contains("--template") && err.contains("--output"), "{err}");
+        let a = parse(&["--template", "/nonexistent.tera", "--output", "a"]);
+        assert!(a.template_specs().unwrap_err().to_string().contains("/nonexistent.tera"));
+    }
+
+    #[test]
+    fn master_socket_and_reload_cmd_conflict() {
+        let r = WatcherArgs::try_parse_from(["x", "--master-socket", "/s", "--reload-cmd", "true"]);
+        assert!(r.is_err());
+    }
+}

@@ -1,0 +1,152 @@
+//! `dockreg-haproxy`: wiring of the etcd watch, the template watch and the change pipeline,
+//! and the one-shot `--once` and `--dry-run` modes.
+
+pub mod args;
+mod templates;
+
+pub use args::WatcherArgs;
+
+use crate::catalog::Catalog;
+use crate::etcd::{list_services, watch_services};
+use crate::haproxy::{MasterSocket, Reloader, Validator};
+use crate::output::unified_diff;
+use crate::pipeline::{Applied, Input, Pipeline};
+use crate::render::Renderer;
+use anyhow::{anyhow, bail, Context as _, Result};
+use std::process::ExitCode;
+use tokio::sync::mpsc;
+
+fn reloader(args: &WatcherArgs) -> Reloader {
+    if let Some(path) = &args.master_socket {
+        Reloader::Master(MasterSocket {
+            path: path.clone(),
+            timeout: args.reload_timeout,
+        })
+    } else if let Some(cmd) = &args.reload_cmd {
+        Reloader::Command {
+            cmd: cmd.clone(),
+            timeout: args.reload_timeout,
+        }
+    } else {
+        Reloader::None
+    }
+}
+
+fn validator(args: &WatcherArgs) -> Result<Option<Validator>> {
+    if args.no_validate {
+        return Ok(None);
+    }
+    if !crate::haproxy::find_binary(&args.haproxy_bin) {
+        bail!(
+            "--haproxy-bin {}: not found (install HAProxy, or pass --no-validate to skip `haproxy -c`)",
+            args.haproxy_bin.display()
+        );
+    }
+    if let Some(base) = &args.haproxy_config {
+        if !base.is_file() {
+            bail!("--haproxy-config {}: no such file", base.display());
+        }
+    }
+    Ok(Some(Validator {
+        haproxy_bin: args.haproxy_bin.clone(),
+        base: args.haproxy_config.clone(),
+        timeout: args.reload_timeout,
+    }))
+}
+
+/// Builds the pipeline from the flags; every bad flag is an error naming it.
+fn build(args: &WatcherArgs) -> Result<Pipeline<Validator, Reloader>> {
+    args.etcd.validate()?;
+    let catalog = Catalog::new(args.service_prefixes()?)?;
+    let renderer = Renderer::new(args.template_specs()?)?;
+    for spec in renderer.specs() {
+        if let Some(dir) = spec.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.is_dir() {
+                bail!("--output {}: folder {} does not exist", spec.output.display(), dir.display());
+            }
+        }
+    }
+    let reloader = reloader(args);
+    let enabled = !reloader.is_none();
+    Pipeline::new(catalog, renderer, validator(args)?, reloader, enabled, args.timing())
+        .context("reading the live output files")
+}
+
+/// Runs the watcher as the flags say; the exit code reflects `--once`/`--dry-run` failures.
+pub async fn run(args: WatcherArgs) -> Result<ExitCode> {
+    let pipeline = build(&args)?;
+    if args.once || args.dry_run {
+        return one_shot(args, pipeline).await;
+    }
+    let (tx, rx) = mpsc::channel::<Input>(1024);
+    let (etcd_tx, mut etcd_rx) = mpsc::channel(1024);
+    let prefixes = args.service_prefixes()?;
+    let source = tokio::spawn(watch_services(args.etcd.clone(), prefixes, etcd_tx));
+    let forward = {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = etcd_rx.recv().await {
+                if tx.send(Input::Etcd(ev)).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let templates: Vec<_> = pipeline.renderer.template_paths().map(Into::into).collect();
+    let _template_watch = templates::watch_templates(templates, tx)?;
+    tracing::info!(
+        etcd = %args.etcd.endpoints.join(","),
+        services = ?pipeline.catalog.services().iter().map(|s| s.prefix.to_string()).collect::<Vec<_>>(),
+        outputs = ?pipeline.renderer.specs().iter().map(|s| s.output.display().to_string()).collect::<Vec<_>>(),
+        "dockreg-haproxy started"
+    );
+    let stats = pipeline.run(rx, crate::runtime::shutdown_signal()).await;
+    source.abort();
+    forward.abort();
+    tracing::info!(?stats, "stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--once` and `--dry-run`: one listing, one render, then exit.
+async fn one_shot(args: WatcherArgs, mut pipeline: Pipeline<Validator, Reloader>) -> Result<ExitCode> {
+    let client = args.etcd.connect().await?;
+    let prefixes: Vec<_> = args.service_prefixes()?.into_iter().enumerate().collect();
+    let snapshot = tokio::time::timeout(args.etcd.etcd_timeout * 4, list_services(&client, &prefixes, 0))
+        .await
+        .map_err(|_| anyhow!("listing services from etcd timed out"))??;
+    pipeline.handle(Input::Etcd(snapshot), std::time::Instant::now());
+    if args.dry_run {
+        let mut failed = false;
+        let rendered = pipeline.renderer.render_all(&mut pipeline.catalog);
+        for (spec, r) in pipeline.renderer.specs().iter().zip(rendered) {
+            match r {
+                Ok(text) => {
+                    let live = crate::output::read_live(&spec.output)?;
+                    if live.as_deref() == Some(text.as_str()) {
+                        println!("{}: unchanged", spec.output.display());
+                    } else {
+                        print!("{}", unified_diff(&spec.output, live.as_deref(), &text));
+                    }
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    failed = true;
+                }
+            }
+        }
+        return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+    }
+    match pipeline.apply().await {
+        Applied::Rejected(e) => {
+            tracing::error!(error = %e, "--once: nothing written");
+            return Ok(ExitCode::FAILURE);
+        }
+        Applied::Unchanged => tracing::info!("--once: outputs already up to date"),
+        Applied::Written(paths) => tracing::info!(?paths, "--once: written"),
+        Applied::NotSynced => bail!("--once: no data from etcd"),
+    }
+    if pipeline.reload_pending() && !pipeline.reload().await {
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
