@@ -77,6 +77,8 @@ impl MasterSocket {
         let mut s = UnixStream::connect(&self.path).await?;
         s.write_all(cmd.as_bytes()).await?;
         s.write_all(b"\n").await?;
+        // The master answers once the request side is closed, then closes its side.
+        s.shutdown().await?;
         let mut out = String::new();
         tokio::time::timeout(self.timeout, s.read_to_string(&mut out))
             .await
@@ -103,11 +105,21 @@ impl MasterSocket {
         }
     }
 
+    /// Sends `reload`. HAProxy 2.6 closes the connection without an answer (or resets it as
+    /// the master re-executes), so only connecting and writing can fail.
+    async fn send_reload(&self) -> std::io::Result<()> {
+        let mut s = UnixStream::connect(&self.path).await?;
+        s.write_all(b"reload\n").await?;
+        let _ = s.shutdown().await;
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut sink)).await;
+        Ok(())
+    }
+
     /// Reloads and waits for the outcome; returns the new worker's PID.
     pub async fn reload(&self) -> Result<u32, String> {
         let before = self.show_proc().await?;
-        let _ = self
-            .command("reload")
+        self.send_reload()
             .await
             .map_err(|e| format!("master socket {}: sending reload: {e}", self.path.display()))?;
         let deadline = Instant::now() + self.timeout;
