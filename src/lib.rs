@@ -21,3 +21,6 @@ pub mod render;
 pub mod runtime;
 pub mod sidekick;
 pub mod watcher;
+
+#[cfg(test)]
+mod proptests;
