@@ -1,1 +1,316 @@
-fn main() {}
+//! Benchmark of `dockreg-haproxy` against a real etcd: the time from an etcd put or delete
+//! until the live output file reflects it, with 1 to 100,000 endpoints registered, and the
+//! watcher's peak RSS. Prints figures; asserts nothing.
+//!
+//! Two modes:
+//! - `render`: rendering alone (`--no-validate`, no reload), endpoints on 10.0.0.0/8 — no
+//!   traffic is ever sent to them, nothing but the watcher reads them;
+//! - `full`: `haproxy -c` validation and a reload through the master socket of a real HAProxy
+//!   (endpoints on closed 127.0.0.0/8 ports, so health checks stay on loopback); here the
+//!   latency is until HAProxy's new worker runs, and HAProxy's own start-up sets the floor.
+//!
+//! ```text
+//! cargo run --release --example bench_watcher                 # both modes, default sizes
+//! cargo run --release --example bench_watcher -- render 1 10000
+//! cargo run --release --example bench_watcher -- full 1 1000
+//! ```
+//!
+//! Changes are spaced 150 ms apart, longer than the default 100 ms debounce, so each one is
+//! an isolated change that the watcher applies at once (a burst would be coalesced).
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use etcd_client::{Client, Txn, TxnOp};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const WATCHER: &str = "target/release/dockreg-haproxy";
+const GAP: Duration = Duration::from_millis(150);
+
+struct Guard(Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn start_etcd(dir: &Path) -> Result<(Guard, String)> {
+    let (c, p) = (free_port()?, free_port()?);
+    let url = format!("http://127.0.0.1:{c}");
+    let peer = format!("http://127.0.0.1:{p}");
+    let child = Command::new("etcd")
+        .args(["--data-dir", &dir.join("etcd").display().to_string()])
+        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+        .args(["--initial-cluster", &format!("default={peer}")])
+        .args(["--quota-backend-bytes", "4294967296"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting etcd (apt-get install etcd-server)")?;
+    Ok((Guard(child), url))
+}
+
+/// Address of endpoint `i`: 10.x.y.z for render mode, closed loopback ports for full mode.
+fn endpoint(i: usize, full: bool) -> String {
+    if full {
+        format!("127.{}.{}.{}:{}", 1 + (i >> 16) % 250, (i >> 8) & 255, i & 255, 1 + i % 1000)
+    } else {
+        format!("10.{}.{}.{}:8080", (i >> 16) & 255, (i >> 8) & 255, i & 255)
+    }
+}
+
+fn server_name(addr: &str) -> String {
+    addr.replace(':', "_")
+}
+
+async fn load(client: &mut Client, from: usize, to: usize, full: bool) -> Result<()> {
+    let mut i = from;
+    while i < to {
+        let end = (i + 128).min(to);
+        let ops: Vec<TxnOp> = (i..end)
+            .map(|j| TxnOp::put(format!("/service/{}", endpoint(j, full)), "running", None))
+            .collect();
+        client.txn(Txn::new().and_then(ops)).await?;
+        i = end;
+    }
+    Ok(())
+}
+
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Waits until the output file's content satisfies `check`; returns when it was first seen.
+async fn wait_file(path: &Path, check: impl Fn(&str) -> bool) -> Result<Instant> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last_len = None;
+    loop {
+        // Cheap change detection first: size and mtime, then the content.
+        let meta = std::fs::metadata(path).ok().map(|m| (m.len(), m.modified().ok()));
+        if meta != last_len {
+            let seen = Instant::now();
+            if let Ok(text) = std::fs::read_to_string(path) {
+                if check(&text) {
+                    return Ok(seen);
+                }
+            }
+            last_len = meta;
+        }
+        if Instant::now() > deadline {
+            bail!("output {} never reflected the change", path.display());
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+struct Row {
+    mode: &'static str,
+    n: usize,
+    p50: f64,
+    p99: f64,
+    samples: usize,
+    rss_mb: f64,
+}
+
+struct Haproxy {
+    _child: Guard,
+    master: PathBuf,
+}
+
+fn start_haproxy(dir: &Path, output: &Path) -> Result<(Haproxy, Vec<(String, String)>)> {
+    std::fs::write(output, "backend service\n")?;
+    let env = vec![
+        ("DOCKREG_RUN_DIR".to_string(), dir.display().to_string()),
+        ("DOCKREG_HTTP_BIND".to_string(), format!("127.0.0.1:{}", free_port()?)),
+        ("DOCKREG_STATS_BIND".to_string(), format!("127.0.0.1:{}", free_port()?)),
+    ];
+    let master = dir.join("master.sock");
+    let child = Command::new("haproxy")
+        .args(["-W", "-S"])
+        .arg(&master)
+        .args(["-f", "haproxy/haproxy.cfg", "-f"])
+        .arg(output)
+        .envs(env.iter().cloned())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting haproxy")?;
+    Ok((
+        Haproxy {
+            _child: Guard(child),
+            master,
+        },
+        env,
+    ))
+}
+
+async fn bench(mode: &'static str, n: usize, samples: usize) -> Result<Row> {
+    let full = mode == "full";
+    let dir = tempfile::tempdir()?;
+    let (_etcd, url) = start_etcd(dir.path())?;
+    let mut client = loop {
+        if let Ok(mut c) = Client::connect([url.as_str()], None).await {
+            if c.get("/probe", None).await.is_ok() {
+                break c;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    load(&mut client, 0, n, full).await?;
+    let output = dir.path().join("backends.cfg");
+    let mut args: Vec<String> = vec![
+        "--etcd".into(),
+        url.clone(),
+        "--output".into(),
+        output.display().to_string(),
+    ];
+    let mut env = Vec::new();
+    let mut haproxy = None;
+    if full {
+        let (h, e) = start_haproxy(dir.path(), &output)?;
+        args.extend([
+            "--haproxy-config".into(),
+            "haproxy/haproxy.cfg".into(),
+            "--master-socket".into(),
+            h.master.display().to_string(),
+        ]);
+        env = e;
+        haproxy = Some(h);
+    } else {
+        args.push("--no-validate".into());
+    }
+    let watcher = Command::new(WATCHER)
+        .args(&args)
+        .envs(env)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {WATCHER} (cargo build --release first)"))?;
+    let pid = watcher.id();
+    let _watcher = Guard(watcher);
+    let count_servers = move |t: &str| t.matches("\n    server ").count();
+    wait_file(&output, |t| count_servers(t) == n).await?;
+    let master = haproxy.as_ref().map(|h| dockreg::haproxy::MasterSocket {
+        path: h.master.clone(),
+        timeout: Duration::from_secs(30),
+    });
+    let mut lat = Vec::with_capacity(samples * 2);
+    tokio::time::sleep(Duration::from_millis(if full { 1000 } else { 300 })).await;
+    for s in 0..samples {
+        let addr = endpoint(n + 1 + s, full);
+        let key = format!("/service/{addr}");
+        let needle = format!("server {} ", server_name(&addr));
+        for put in [true, false] {
+            let reloads = match &master {
+                Some(m) => Some(m.show_proc().await.map_err(|e| anyhow!(e))?.reloads),
+                None => None,
+            };
+            let t0 = Instant::now();
+            if put {
+                client.put(key.as_str(), "running", None).await?;
+            } else {
+                client.delete(key.as_str(), None).await?;
+            }
+            let seen = wait_file(&output, |t| t.contains(&needle) == put).await?;
+            let mut done = seen;
+            if let (Some(m), Some(before)) = (&master, reloads) {
+                // Until HAProxy runs the new configuration.
+                loop {
+                    if let Ok(p) = m.show_proc().await {
+                        if p.reloads > before {
+                            done = Instant::now();
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            lat.push(done.duration_since(t0).as_secs_f64() * 1000.0);
+            // Longer than the debounce and (full mode) the minimum reload interval.
+            tokio::time::sleep(if full { Duration::from_millis(600) } else { GAP }).await;
+        }
+    }
+    let rss_mb = peak_rss_kb(pid).unwrap_or(0) as f64 / 1024.0;
+    lat.sort_by(|a, b| a.total_cmp(b));
+    Ok(Row {
+        mode,
+        n,
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        samples: lat.len(),
+        rss_mb,
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let modes: Vec<&'static str> = match args.first().map(String::as_str) {
+        Some("render") => vec!["render"],
+        Some("full") => vec!["full"],
+        _ => vec!["render", "full"],
+    };
+    let sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    if !Path::new(WATCHER).exists() {
+        bail!("{WATCHER} not found: run `cargo build --release` first");
+    }
+    let mut rows = Vec::new();
+    for mode in modes {
+        let default_sizes = if mode == "full" {
+            vec![1, 1_000, 10_000]
+        } else {
+            vec![1, 1_000, 10_000, 100_000]
+        };
+        for &n in if sizes.is_empty() { &default_sizes } else { &sizes } {
+            let samples = match (mode, n) {
+                ("full", _) => 25,
+                (_, n) if n >= 100_000 => 50,
+                _ => 100,
+            };
+            eprintln!("bench: {mode} with {n} endpoints, {samples} puts + {samples} deletes ...");
+            let row = bench(mode, n, samples).await?;
+            eprintln!(
+                "bench: {mode} n={n}: p50 {:.2} ms, p99 {:.2} ms, peak RSS {:.1} MB",
+                row.p50, row.p99, row.rss_mb
+            );
+            rows.push(row);
+        }
+    }
+    println!("| mode | endpoints | p50 (ms) | p99 (ms) | samples | watcher peak RSS (MB) |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {} | {:.2} | {:.2} | {} | {:.1} |",
+            if r.mode == "full" { "validate + reload" } else { "render only" },
+            r.n,
+            r.p50,
+            r.p99,
+            r.samples,
+            r.rss_mb
+        );
+    }
+    Ok(())
+}
