@@ -82,16 +82,22 @@ split_addr() {
 # True when something accepts TCP connections on host $1, port $2.
 listening() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
-# wait_until WHAT SECONDS PID|- COMMAND...: polls COMMAND until it succeeds; fails when the
-# time runs out or when process PID exits meanwhile.
+# Dies when a daemon this script started has exited.
+all_alive() {
+    local i
+    for i in "${!PIDS[@]}"; do
+        alive "${PIDS[i]}" || die "${NAMES[i]} (pid ${PIDS[i]}) exited unexpectedly${1:-} (see its log below)"
+    done
+}
+
+# wait_until WHAT SECONDS COMMAND...: polls COMMAND until it succeeds; fails when the time
+# runs out or when one of the daemons exits meanwhile.
 wait_until() {
-    local what=$1 secs=$2 pid=$3
-    shift 3
+    local what=$1 secs=$2
+    shift 2
     local deadline=$((SECONDS + secs))
     until "$@"; do
-        if [[ $pid != - ]] && ! alive "$pid"; then
-            die "while waiting for $what, process $pid exited (see its log below)"
-        fi
+        all_alive " while waiting for $what"
         ((SECONDS < deadline)) || die "timed out after ${secs}s waiting for $what"
         sleep 0.2
     done
@@ -162,6 +168,11 @@ ensure_packages() {
     for cmd in etcd etcdctl haproxy protoc socat curl setsid; do
         command -v "$cmd" >/dev/null || missing+=("${package_of[$cmd]}")
     done
+    # rustup installs cargo in ~/.cargo/bin, which a fresh shell may not have on its PATH yet.
+    if ! command -v cargo >/dev/null && [[ -f $HOME/.cargo/env ]]; then
+        # shellcheck source=/dev/null
+        source "$HOME/.cargo/env"
+    fi
     command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"
     ((${#missing[@]})) || return 0
 
@@ -190,7 +201,7 @@ check_ports() {
 
 build() {
     log "building dockreg-haproxy and demo_backend (cargo build --release)"
-    cargo build --release --bin dockreg-haproxy --example demo_backend
+    cargo build --release --bin dockreg-haproxy --example demo_backend || die "cargo build failed"
 }
 
 make_run_dir() {
@@ -207,7 +218,7 @@ start_etcd() {
         --listen-peer-urls "$ETCD_PEER_URL" --initial-advertise-peer-urls "$ETCD_PEER_URL" \
         --initial-cluster "dockreg-demo=$ETCD_PEER_URL" --initial-cluster-state new \
         --logger zap --log-outputs stderr --log-level warn
-    wait_until "etcd on $ETCD_URL" 20 "$LAST_PID" etcd_healthy
+    wait_until "etcd on $ETCD_URL" 20 etcd_healthy
     log "etcd is up on $ETCD_URL"
 }
 
@@ -224,7 +235,7 @@ start_backends() {
         args+=(--listen "127.0.0.1:$port")
     done
     start_daemon backends "$BACKEND" "${args[@]}" --id-prefix demo
-    wait_until "the demo backends" 10 "$LAST_PID" backends_listening
+    wait_until "the demo backends" 10 backends_listening
     log "demo backends answer on ${BACKEND_PORTS[*]/#/127.0.0.1:}"
 }
 
@@ -248,8 +259,7 @@ start_haproxy() {
     out=$(haproxy -c -f "$HAPROXY_CFG" -f "$RUN/backends.cfg" 2>&1) ||
         die "haproxy -c rejected $HAPROXY_CFG:"$'\n'"$out"
     start_daemon haproxy haproxy -W -S "$RUN/master.sock" -f "$HAPROXY_CFG" -f "$RUN/backends.cfg"
-    HAPROXY_PID=$LAST_PID
-    wait_until "HAProxy (master socket $RUN/master.sock)" 15 "$HAPROXY_PID" haproxy_ready
+    wait_until "HAProxy (master socket $RUN/master.sock)" 15 haproxy_ready
     log "HAProxy is up: http://$DOCKREG_HTTP_BIND/ (stats: http://$DOCKREG_STATS_BIND/)"
 }
 
@@ -258,8 +268,7 @@ watcher_started() { grep -q "dockreg-haproxy started" "$RUN/watcher.log"; }
 start_watcher() {
     start_daemon watcher "$WATCHER" --etcd "$ETCD_URL" --output "$RUN/backends.cfg" \
         --haproxy-config "$HAPROXY_CFG" --master-socket "$RUN/master.sock"
-    WATCHER_PID=$LAST_PID
-    wait_until "dockreg-haproxy to start" 15 "$WATCHER_PID" watcher_started
+    wait_until "dockreg-haproxy to start" 15 watcher_started
     log "dockreg-haproxy is watching $ETCD_URL/service/"
 }
 
@@ -319,8 +328,7 @@ show_backends_file() {
 
 show_balance() {
     log "waiting until HAProxy routes to all ${#BACKEND_PORTS[@]} backends"
-    wait_until "HAProxy to route to every backend" 30 "$WATCHER_PID" routes_to_all "${BACKEND_PORTS[@]}"
-    alive "$HAPROXY_PID" || die "HAProxy exited"
+    wait_until "HAProxy to route to every backend" 30 routes_to_all "${BACKEND_PORTS[@]}"
     show_backends_file
     # Weighted round robin over weights 100/50/100 cycles 2:1:2, so 15 requests give 6/3/6.
     log "15 requests through $URL (weights 100/50/100, so expect 6/3/6):"
@@ -336,8 +344,8 @@ show_removal() {
     [[ -n $before ]] || die "cannot read HAProxy's reload counter from $RUN/master.sock"
     log "etcdctl del $(key "$port")"
     etcdctl --endpoints "$ETCD_URL" del "$(key "$port")" >/dev/null
-    wait_until "dockreg-haproxy to drop 127.0.0.1:$port" 15 "$WATCHER_PID" file_lacks "127.0.0.1:$port"
-    wait_until "HAProxy to reload" 15 "$HAPROXY_PID" reloaded_since "$before"
+    wait_until "dockreg-haproxy to drop 127.0.0.1:$port" 15 file_lacks "127.0.0.1:$port"
+    wait_until "HAProxy to reload" 15 reloaded_since "$before"
     sleep 1
     log "HAProxy reloaded ($before -> $(master_reloads) reloads); 6 more requests:"
     send_requests 6
@@ -347,30 +355,25 @@ show_removal() {
     log "127.0.0.1:$port no longer receives traffic"
 }
 
-all_alive() {
-    local i
-    for i in "${!PIDS[@]}"; do
-        alive "${PIDS[i]}" || die "${NAMES[i]} (pid ${PIDS[i]}) exited unexpectedly"
-    done
-}
+# Prints COMMAND under its comment.
+hint() { printf '    # %s\n    %s\n' "$2" "$1"; }
 
 try_it_yourself() {
     local removed=${BACKEND_PORTS[-1]} first=${BACKEND_PORTS[0]}
-    cat <<EOF
-
-==> Try it yourself (in another terminal):
-    export ETCDCTL_API=3 ETCDCTL_ENDPOINTS=$ETCD_URL
-    etcdctl put $(key "$removed") running                   # bring it back
-    etcdctl put $(key "$first") '{"weight":10}'             # re-weight a backend
-    etcdctl get --prefix /service/                            # what is registered
-    for i in \$(seq 10); do curl -s $URL; done                 # see the balance
-    cat $RUN/backends.cfg                                     # rendered backends
-    tail -f $RUN/watcher.log                                  # the watcher's decisions
-    echo 'show proc' | socat stdio UNIX-CONNECT:$RUN/master.sock
-    stats page: http://$DOCKREG_STATS_BIND/
-
-==> Press Ctrl-C to stop everything and clean up.
-EOF
+    echo
+    log "Try it yourself, from another terminal:"
+    hint "export ETCDCTL_API=3 ETCDCTL_ENDPOINTS=$ETCD_URL" "where etcdctl should talk"
+    hint "etcdctl put $(key "$removed") running" "bring the removed backend back"
+    hint "etcdctl put $(key "$first") '{\"weight\":10}'" "give a backend less traffic"
+    hint "etcdctl get --prefix /service/" "what is registered"
+    hint "for i in \$(seq 10); do curl -s $URL; done" "see the balance"
+    hint "cat $RUN/backends.cfg" "the rendered backends"
+    hint "tail -f $RUN/watcher.log" "what the watcher does"
+    hint "echo 'show proc' | socat stdio UNIX-CONNECT:$RUN/master.sock" "HAProxy's master CLI"
+    printf '    HAProxy stats page: http://%s/\n\n' "$DOCKREG_STATS_BIND"
+    log "Press Ctrl-C to stop everything and clean up."
+    # Ctrl-C is the expected way out here: exit 0 (cleanup still runs on EXIT).
+    trap 'echo; exit 0' INT
     while :; do
         sleep 1
         all_alive
