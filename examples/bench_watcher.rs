@@ -204,7 +204,7 @@ async fn bench(mode: &'static str, n: usize, samples: usize) -> Result<Row> {
     let watcher = Command::new(WATCHER)
         .args(&args)
         .envs(env)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

@@ -1,10 +1,11 @@
 //! The catalog: every watched service and its live endpoints, kept up to date one etcd event
 //! at a time, together with the template context built from it.
 //!
-//! The context (a JSON tree) is maintained incrementally next to the endpoint lists: a put or
-//! delete touches one array element, never the whole tree, and rendering borrows the tree
-//! without copying it. So an event costs O(log n) plus one render, not a rebuild of 100,000
-//! endpoints.
+//! Two views are kept incrementally next to the endpoint lists, each only when a template needs
+//! it: the Tera context (a JSON tree; a put or delete touches one array element and rendering
+//! borrows the tree without copying it), and each endpoint's `server` line for the built-in
+//! template (so rendering it is a concatenation of cached lines). An event therefore costs
+//! O(log n) plus the render, never a rebuild of 100,000 endpoints.
 
 use crate::endpoint::{parse_value, Endpoint};
 use crate::etcd::{KvChange, WatchEvent};
@@ -19,12 +20,50 @@ use std::net::SocketAddr;
 pub struct Service {
     pub prefix: ServicePrefix,
     pub endpoints: Vec<Endpoint>,
+    /// The built-in template's `server` line of each endpoint (same order), when kept.
+    lines: Vec<Box<str>>,
+}
+
+impl Service {
+    /// The cached `server` lines (empty unless the catalog keeps them).
+    pub fn server_lines(&self) -> &[Box<str>] {
+        &self.lines
+    }
+}
+
+/// Which derived views the catalog maintains; each costs memory per endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Views {
+    /// The Tera context (for operator templates).
+    pub context: bool,
+    /// Cached `server` lines (for the built-in template).
+    pub server_lines: bool,
+}
+
+impl Views {
+    pub const ALL: Views = Views {
+        context: true,
+        server_lines: true,
+    };
+}
+
+/// The built-in template's line for one endpoint (kept byte-identical to
+/// `templates/haproxy-backends.cfg.tera`; a test renders both and compares).
+pub fn builtin_server_line(ep: &Endpoint) -> Box<str> {
+    format!(
+        "    server {} {} check weight {}",
+        server_name(ep.addr),
+        ep.addr,
+        ep.meta.effective_weight()
+    )
+    .into_boxed_str()
 }
 
 /// All watched services. Service indices follow the order of the `--prefix` flags.
 #[derive(Debug)]
 pub struct Catalog {
     services: Vec<Service>,
+    views: Views,
     /// `{"services": {<name>: {"name", "prefix", "endpoints": [...]}}}`; `Null` only while
     /// lent to a render.
     root: Value,
@@ -68,8 +107,14 @@ pub fn display_key(key: &[u8]) -> String {
 }
 
 impl Catalog {
-    /// An empty catalog of the given services. Two prefixes may not share a service name.
+    /// An empty catalog of the given services, keeping every view. Two prefixes may not share
+    /// a service name.
     pub fn new(prefixes: Vec<ServicePrefix>) -> Result<Self> {
+        Self::with_views(prefixes, Views::ALL)
+    }
+
+    /// An empty catalog that keeps only the given views.
+    pub fn with_views(prefixes: Vec<ServicePrefix>, views: Views) -> Result<Self> {
         let mut names = HashSet::new();
         for p in &prefixes {
             if !names.insert(p.name().to_string()) {
@@ -84,10 +129,12 @@ impl Catalog {
             .map(|prefix| Service {
                 prefix,
                 endpoints: Vec::new(),
+                lines: Vec::new(),
             })
             .collect();
         let mut cat = Self {
             services,
+            views,
             root: Value::Null,
             skipped: HashSet::new(),
         };
@@ -96,6 +143,9 @@ impl Catalog {
     }
 
     fn build_root(&self) -> Value {
+        if !self.views.context {
+            return Value::Null;
+        }
         let map: Map<String, Value> = self
             .services
             .iter()
@@ -195,27 +245,38 @@ impl Catalog {
     }
 
     fn upsert(&mut self, idx: usize, ep: Endpoint) -> bool {
+        let views = self.views;
         let Some(svc) = self.services.get_mut(idx) else {
             return false;
         };
-        let value = endpoint_value(&svc.prefix, &ep);
-        match svc.endpoints.binary_search_by_key(&ep.addr, |e| e.addr) {
-            Ok(i) if svc.endpoints[i].meta == ep.meta => false,
+        let value = views.context.then(|| endpoint_value(&svc.prefix, &ep));
+        let line = views.server_lines.then(|| builtin_server_line(&ep));
+        let (i, new) = match svc.endpoints.binary_search_by_key(&ep.addr, |e| e.addr) {
+            Ok(i) if svc.endpoints[i].meta == ep.meta => return false,
             Ok(i) => {
                 svc.endpoints[i] = ep;
-                if let Some(arr) = self.endpoints_value(idx) {
-                    arr[i] = value;
-                }
-                true
+                (i, false)
             }
             Err(i) => {
                 svc.endpoints.insert(i, ep);
-                if let Some(arr) = self.endpoints_value(idx) {
-                    arr.insert(i, value);
-                }
-                true
+                (i, true)
+            }
+        };
+        if let Some(line) = line {
+            if new {
+                svc.lines.insert(i, line);
+            } else {
+                svc.lines[i] = line;
             }
         }
+        if let (Some(value), Some(arr)) = (value, self.endpoints_value(idx)) {
+            if new {
+                arr.insert(i, value);
+            } else {
+                arr[i] = value;
+            }
+        }
+        true
     }
 
     fn remove(&mut self, idx: usize, addr: SocketAddr) -> bool {
@@ -225,6 +286,9 @@ impl Catalog {
         match svc.endpoints.binary_search_by_key(&addr, |e| e.addr) {
             Ok(i) => {
                 svc.endpoints.remove(i);
+                if self.views.server_lines {
+                    svc.lines.remove(i);
+                }
                 if let Some(arr) = self.endpoints_value(idx) {
                     arr.remove(i);
                 }
@@ -251,10 +315,15 @@ impl Catalog {
             return false;
         }
         svc.endpoints = fresh;
-        let value = service_value(svc);
-        let name = svc.prefix.name().to_string();
-        if let Some(Value::Object(map)) = self.root.get_mut("services") {
-            map.insert(name, value);
+        if self.views.server_lines {
+            svc.lines = svc.endpoints.iter().map(builtin_server_line).collect();
+        }
+        if self.views.context {
+            let value = service_value(svc);
+            let name = svc.prefix.name().to_string();
+            if let Some(Value::Object(map)) = self.root.get_mut("services") {
+                map.insert(name, value);
+            }
         }
         true
     }

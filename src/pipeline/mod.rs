@@ -20,7 +20,6 @@ use crate::haproxy::{Reload, Validate};
 use crate::output::{read_live, Staged};
 use crate::render::Renderer;
 use debounce::Debounce;
-use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -93,20 +92,14 @@ pub struct Pipeline<V, R> {
     debounce: Debounce,
     /// Content of each output as last written (or found at start).
     live: Vec<Option<String>>,
-    /// Hash of the candidate set validation last refused, so it is not re-checked unchanged.
-    refused: Option<u64>,
+    /// The candidate set validation last refused, so it is not re-checked unchanged.
+    refused: Option<Vec<Option<String>>>,
     synced: bool,
     reload_pending: bool,
     reload_at: Option<Instant>,
     last_reload: Option<Instant>,
     retry: Backoff,
     pub stats: Stats,
-}
-
-fn hash_set(candidates: &[Option<String>]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    candidates.hash(&mut h);
-    h.finish()
 }
 
 impl<V: Validate, R: Reload> Pipeline<V, R> {
@@ -233,8 +226,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                 Applied::Rejected(errors.join("; "))
             };
         }
-        let hash = hash_set(&candidates);
-        if self.refused == Some(hash) {
+        if self.refused.as_ref() == Some(&candidates) {
             return Applied::Rejected("candidate unchanged since haproxy -c refused it".into());
         }
         match self.validate_and_write(&candidates, &changed).await {
@@ -263,7 +255,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                 Applied::Written(paths)
             }
             Err(e) => {
-                self.refused = Some(hash);
+                self.refused = Some(candidates);
                 self.stats.validation_failures += 1;
                 tracing::error!(error = %e, "candidate configuration rejected; the live configuration keeps serving");
                 Applied::Rejected(e)

@@ -57,8 +57,8 @@ fn validator(args: &WatcherArgs) -> Result<Option<Validator>> {
 /// Builds the pipeline from the flags; every bad flag is an error naming it.
 fn build(args: &WatcherArgs) -> Result<Pipeline<Validator, Reloader>> {
     args.etcd.validate()?;
-    let catalog = Catalog::new(args.service_prefixes()?)?;
     let renderer = Renderer::new(args.template_specs()?)?;
+    let catalog = Catalog::with_views(args.service_prefixes()?, renderer.views())?;
     for spec in renderer.specs() {
         if let Some(dir) = spec.output.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.is_dir() {
