@@ -46,8 +46,18 @@ fn start_etcd(dir: &Path) -> Result<(Guard, String)> {
     let peer = format!("http://127.0.0.1:{p}");
     let child = Command::new("etcd")
         .args(["--data-dir", &dir.join("etcd").display().to_string()])
-        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
         .args(["--initial-cluster", &format!("default={peer}")])
         .args(["--quota-backend-bytes", "4294967296"])
         .stdout(Stdio::null())
@@ -60,7 +70,13 @@ fn start_etcd(dir: &Path) -> Result<(Guard, String)> {
 /// Address of endpoint `i`: 10.x.y.z for render mode, closed loopback ports for full mode.
 fn endpoint(i: usize, full: bool) -> String {
     if full {
-        format!("127.{}.{}.{}:{}", 1 + (i >> 16) % 250, (i >> 8) & 255, i & 255, 1 + i % 1000)
+        format!(
+            "127.{}.{}.{}:{}",
+            1 + (i >> 16) % 250,
+            (i >> 8) & 255,
+            i & 255,
+            1 + i % 1000
+        )
     } else {
         format!("10.{}.{}.{}:8080", (i >> 16) & 255, (i >> 8) & 255, i & 255)
     }
@@ -100,7 +116,9 @@ async fn wait_file(path: &Path, check: impl Fn(&str) -> bool) -> Result<Instant>
     let mut last_len = None;
     loop {
         // Cheap change detection first: size and mtime, then the content.
-        let meta = std::fs::metadata(path).ok().map(|m| (m.len(), m.modified().ok()));
+        let meta = std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()));
         if meta != last_len {
             let seen = Instant::now();
             if let Ok(text) = std::fs::read_to_string(path) {
@@ -143,8 +161,14 @@ fn start_haproxy(dir: &Path, output: &Path) -> Result<(Haproxy, Vec<(String, Str
     std::fs::write(output, "backend service\n")?;
     let env = vec![
         ("DOCKREG_RUN_DIR".to_string(), dir.display().to_string()),
-        ("DOCKREG_HTTP_BIND".to_string(), format!("127.0.0.1:{}", free_port()?)),
-        ("DOCKREG_STATS_BIND".to_string(), format!("127.0.0.1:{}", free_port()?)),
+        (
+            "DOCKREG_HTTP_BIND".to_string(),
+            format!("127.0.0.1:{}", free_port()?),
+        ),
+        (
+            "DOCKREG_STATS_BIND".to_string(),
+            format!("127.0.0.1:{}", free_port()?),
+        ),
     ];
     let master = dir.join("master.sock");
     let child = Command::new("haproxy")
@@ -204,7 +228,10 @@ async fn bench(mode: &'static str, n: usize, samples: usize) -> Result<Row> {
     let watcher = Command::new(WATCHER)
         .args(&args)
         .envs(env)
-        .env("RUST_LOG", std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -250,7 +277,12 @@ async fn bench(mode: &'static str, n: usize, samples: usize) -> Result<Row> {
             }
             lat.push(done.duration_since(t0).as_secs_f64() * 1000.0);
             // Longer than the debounce and (full mode) the minimum reload interval.
-            tokio::time::sleep(if full { Duration::from_millis(600) } else { GAP }).await;
+            tokio::time::sleep(if full {
+                Duration::from_millis(600)
+            } else {
+                GAP
+            })
+            .await;
         }
     }
     let rss_mb = peak_rss_kb(pid).unwrap_or(0) as f64 / 1024.0;
@@ -284,7 +316,11 @@ async fn main() -> Result<()> {
         } else {
             vec![1, 1_000, 10_000, 100_000]
         };
-        for &n in if sizes.is_empty() { &default_sizes } else { &sizes } {
+        for &n in if sizes.is_empty() {
+            &default_sizes
+        } else {
+            &sizes
+        } {
             let samples = match (mode, n) {
                 ("full", _) => 25,
                 (_, n) if n >= 100_000 => 50,
@@ -304,7 +340,11 @@ async fn main() -> Result<()> {
     for r in rows {
         println!(
             "| {} | {} | {:.2} | {:.2} | {} | {:.1} |",
-            if r.mode == "full" { "validate + reload" } else { "render only" },
+            if r.mode == "full" {
+                "validate + reload"
+            } else {
+                "render only"
+            },
             r.n,
             r.p50,
             r.p99,

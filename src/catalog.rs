@@ -238,7 +238,10 @@ impl Catalog {
 
     fn endpoints_value(&mut self, idx: usize) -> Option<&mut Vec<Value>> {
         let name = self.services.get(idx)?.prefix.name();
-        match self.root.pointer_mut(&format!("/services/{name}/endpoints")) {
+        match self
+            .root
+            .pointer_mut(&format!("/services/{name}/endpoints"))
+        {
             Some(Value::Array(a)) => Some(a),
             _ => None,
         }
@@ -382,20 +385,33 @@ mod tests {
         assert!(c.put(0, b"/service/10.0.0.2:80", b"running"));
         assert!(c.put(0, b"/service/10.0.0.1:80", b"running"));
         assert!(c.put(0, b"/service/[::1]:80", b"running"));
-        assert!(!c.put(0, b"/service/10.0.0.1:80", b"running"), "same value is no change");
+        assert!(
+            !c.put(0, b"/service/10.0.0.1:80", b"running"),
+            "same value is no change"
+        );
         assert!(c.put(0, b"/service/10.0.0.1:80", br#"{"weight":5}"#));
         assert_eq!(names(&c, 0), ["10.0.0.1_80", "10.0.0.2_80", "--1_80"]);
-        assert_eq!(c.context_json()["services"]["service"]["endpoints"][0]["weight"], 5);
+        assert_eq!(
+            c.context_json()["services"]["service"]["endpoints"][0]["weight"],
+            5
+        );
         assert!(c.delete(0, b"/service/10.0.0.2:80"));
         assert!(!c.delete(0, b"/service/10.0.0.2:80"));
         assert_eq!(names(&c, 0), ["10.0.0.1_80", "--1_80"]);
         assert_eq!(c.context_json(), &{
-            let fresh = Catalog::new(c.services().iter().map(|s| s.prefix.clone()).collect()).unwrap();
+            let fresh =
+                Catalog::new(c.services().iter().map(|s| s.prefix.clone()).collect()).unwrap();
             let mut fresh = fresh;
-            fresh.replace(0, vec![
-                (b"/service/[::1]:80".to_vec(), b"running".to_vec()),
-                (b"/service/10.0.0.1:80".to_vec(), br#"{"weight":5}"#.to_vec()),
-            ]);
+            fresh.replace(
+                0,
+                vec![
+                    (b"/service/[::1]:80".to_vec(), b"running".to_vec()),
+                    (
+                        b"/service/10.0.0.1:80".to_vec(),
+                        br#"{"weight":5}"#.to_vec(),
+                    ),
+                ],
+            );
             fresh.root
         });
     }

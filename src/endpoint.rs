@@ -93,8 +93,7 @@ pub fn parse_value(raw: &[u8]) -> Result<Metadata, ValueError> {
     if !json.is_object() {
         return Err(ValueError::NotJson("not an object".into()));
     }
-    let parsed =
-        RawMetadata::deserialize(json).map_err(|e| ValueError::NotJson(e.to_string()))?;
+    let parsed = RawMetadata::deserialize(json).map_err(|e| ValueError::NotJson(e.to_string()))?;
     let weight = match parsed.weight {
         Some(w) if w > u64::from(MAX_WEIGHT) => return Err(ValueError::Weight(w)),
         Some(w) => Some(w as u16),
@@ -138,22 +137,38 @@ mod tests {
     #[test]
     fn legacy_and_json() {
         assert_eq!(parse_value(b"running").unwrap(), Metadata::default());
-        let m = parse_value(br#"{"weight":50,"tags":["v2","zone=a"],"container":"abc123","extra":1}"#)
-            .unwrap();
+        let m =
+            parse_value(br#"{"weight":50,"tags":["v2","zone=a"],"container":"abc123","extra":1}"#)
+                .unwrap();
         assert_eq!(m.weight, Some(50));
         assert_eq!(m.tags, vec!["v2", "zone=a"]);
         assert_eq!(m.container.as_deref(), Some("abc123"));
-        assert_eq!(parse_value(b"{}").unwrap().effective_weight(), DEFAULT_WEIGHT);
+        assert_eq!(
+            parse_value(b"{}").unwrap().effective_weight(),
+            DEFAULT_WEIGHT
+        );
     }
 
     #[test]
     fn rejects_bad_values() {
-        assert!(matches!(parse_value(b"stopped"), Err(ValueError::NotJson(_))));
-        assert!(matches!(parse_value(b"running\n"), Err(ValueError::NotJson(_))));
+        assert!(matches!(
+            parse_value(b"stopped"),
+            Err(ValueError::NotJson(_))
+        ));
+        assert!(matches!(
+            parse_value(b"running\n"),
+            Err(ValueError::NotJson(_))
+        ));
         assert!(matches!(parse_value(b"[1]"), Err(ValueError::NotJson(_))));
         assert!(matches!(parse_value(b"\xff"), Err(ValueError::NotUtf8)));
-        assert_eq!(parse_value(br#"{"weight":257}"#), Err(ValueError::Weight(257)));
-        assert!(matches!(parse_value(br#"{"weight":-1}"#), Err(ValueError::NotJson(_))));
+        assert_eq!(
+            parse_value(br#"{"weight":257}"#),
+            Err(ValueError::Weight(257))
+        );
+        assert!(matches!(
+            parse_value(br#"{"weight":-1}"#),
+            Err(ValueError::NotJson(_))
+        ));
         assert!(matches!(
             parse_value(br#"{"tags":["a b"]}"#),
             Err(ValueError::BadWord { field: "tag", .. })
@@ -167,6 +182,9 @@ mod tests {
             Err(ValueError::BadWord { .. })
         ));
         let big = vec![b' '; MAX_VALUE_BYTES + 1];
-        assert_eq!(parse_value(&big), Err(ValueError::TooLarge(MAX_VALUE_BYTES + 1)));
+        assert_eq!(
+            parse_value(&big),
+            Err(ValueError::TooLarge(MAX_VALUE_BYTES + 1))
+        );
     }
 }

@@ -73,7 +73,9 @@ impl ServicePrefix {
         }
         let name = prefix.rsplit('/').next().unwrap_or_default().to_string();
         if name.len() > 64 {
-            return Err(err("the service name (last segment) is longer than 64 characters"));
+            return Err(err(
+                "the service name (last segment) is longer than 64 characters",
+            ));
         }
         if !prefix
             .bytes()
@@ -171,7 +173,10 @@ mod tests {
 
     #[test]
     fn prefix_forms() {
-        assert_eq!(ServicePrefix::parse("service").unwrap().as_str(), "/service");
+        assert_eq!(
+            ServicePrefix::parse("service").unwrap().as_str(),
+            "/service"
+        );
         assert_eq!(ServicePrefix::parse("/a/b/web/").unwrap().name(), "web");
         assert_eq!(svc().watch_key(), "/service/");
         assert!(ServicePrefix::parse("/").is_err());
@@ -208,9 +213,18 @@ mod tests {
             (b"/service/10.0.0.1:80 backup", KeyError::NotSocketAddr),
             (b"/service/10.0.0.1:80\n", KeyError::NotSocketAddr),
             (b"/service/fe80::1:80", KeyError::NotSocketAddr),
-            (b"/service/0.0.0.0:80", KeyError::Unroutable("0.0.0.0".parse().unwrap())),
-            (b"/service/[::]:80", KeyError::Unroutable("::".parse().unwrap())),
-            (b"/service/[FE80::1]:80", KeyError::NotCanonical("[fe80::1]:80".into())),
+            (
+                b"/service/0.0.0.0:80",
+                KeyError::Unroutable("0.0.0.0".parse().unwrap()),
+            ),
+            (
+                b"/service/[::]:80",
+                KeyError::Unroutable("::".parse().unwrap()),
+            ),
+            (
+                b"/service/[FE80::1]:80",
+                KeyError::NotCanonical("[fe80::1]:80".into()),
+            ),
             (b"/service/[fe80::1%2]:80", KeyError::Ipv6Scope),
         ];
         for (key, want) in cases {
@@ -225,7 +239,10 @@ mod tests {
 
     #[test]
     fn server_names_are_stable_and_safe() {
-        assert_eq!(server_name("10.0.0.1:8080".parse().unwrap()), "10.0.0.1_8080");
+        assert_eq!(
+            server_name("10.0.0.1:8080".parse().unwrap()),
+            "10.0.0.1_8080"
+        );
         assert_eq!(server_name("[fe80::1]:80".parse().unwrap()), "fe80--1_80");
     }
 }

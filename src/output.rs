@@ -33,7 +33,8 @@ impl Staged {
         let mode = std::fs::metadata(target)
             .map(|m| m.permissions().mode() & 0o7777)
             .unwrap_or(0o644);
-        file.as_file().set_permissions(std::fs::Permissions::from_mode(mode))?;
+        file.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))?;
         file.as_file().sync_all()?;
         Ok(Self {
             file,
@@ -96,7 +97,11 @@ mod tests {
         assert_eq!(read_live(&live).unwrap().as_deref(), Some("new\n"));
         let mode = std::fs::metadata(&live).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
     }
 
     #[test]

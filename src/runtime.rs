@@ -1,7 +1,5 @@
 //! Process plumbing shared by both binaries: logging setup and the shutdown signal.
 
-use std::future::Future;
-
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -24,8 +22,8 @@ pub fn init_logging(format: LogFormat) {
 }
 
 /// Resolves on the first SIGTERM or SIGINT.
-pub fn shutdown_signal() -> impl Future<Output = ()> {
-    async {
+pub async fn shutdown_signal() {
+    {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int)) = (
             signal(SignalKind::terminate()),

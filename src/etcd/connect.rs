@@ -12,7 +12,12 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Args)]
 pub struct EtcdArgs {
     /// etcd endpoints, comma-separated (several members of one cluster).
-    #[arg(long = "etcd", env = "DOCKREG_ETCD", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long = "etcd",
+        env = "DOCKREG_ETCD",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub endpoints: Vec<String>,
     /// CA certificate (PEM) to verify etcd's server certificate (https:// endpoints).
     #[arg(long, env = "DOCKREG_ETCD_CA")]
@@ -27,7 +32,12 @@ pub struct EtcdArgs {
     #[arg(long, env = "DOCKREG_ETCD_USER", requires = "etcd_password")]
     pub etcd_user: Option<String>,
     /// etcd password; prefer the environment variable over the flag.
-    #[arg(long, env = "DOCKREG_ETCD_PASSWORD", hide_env_values = true, requires = "etcd_user")]
+    #[arg(
+        long,
+        env = "DOCKREG_ETCD_PASSWORD",
+        hide_env_values = true,
+        requires = "etcd_user"
+    )]
     pub etcd_password: Option<String>,
     /// Timeout for connecting to etcd and for each request.
     #[arg(long, env = "DOCKREG_ETCD_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -46,7 +56,10 @@ impl EtcdArgs {
                 bail!("--etcd endpoint {e:?}: must start with http:// or https://");
             }
         }
-        let tls = self.endpoints.iter().any(|e| e.trim().starts_with("https://"));
+        let tls = self
+            .endpoints
+            .iter()
+            .any(|e| e.trim().starts_with("https://"));
         if !tls && (self.etcd_ca.is_some() || self.etcd_cert.is_some()) {
             bail!("--etcd-ca/--etcd-cert given, but no --etcd endpoint is https://");
         }
@@ -54,7 +67,11 @@ impl EtcdArgs {
     }
 
     fn tls_options(&self) -> Result<Option<TlsOptions>> {
-        if !self.endpoints.iter().any(|e| e.trim().starts_with("https://")) {
+        if !self
+            .endpoints
+            .iter()
+            .any(|e| e.trim().starts_with("https://"))
+        {
             return Ok(None);
         }
         let mut tls = TlsOptions::new();
@@ -63,7 +80,8 @@ impl EtcdArgs {
             tls = tls.ca_certificate(Certificate::from_pem(pem));
         }
         if let (Some(cert), Some(key)) = (&self.etcd_cert, &self.etcd_key) {
-            let c = std::fs::read(cert).with_context(|| format!("--etcd-cert {}", cert.display()))?;
+            let c =
+                std::fs::read(cert).with_context(|| format!("--etcd-cert {}", cert.display()))?;
             let k = std::fs::read(key).with_context(|| format!("--etcd-key {}", key.display()))?;
             tls = tls.identity(Identity::from_pem(c, k));
         }

@@ -27,13 +27,16 @@ pub enum KvChange {
     Delete { key: Vec<u8> },
 }
 
+/// Raw key/value pairs of one service listing.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// What the etcd side tells the change pipeline. Services are indices into the prefix list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
     /// The complete contents of the listed services at `revision`; replaces what was known.
     Snapshot {
         revision: i64,
-        services: Vec<(usize, Vec<(Vec<u8>, Vec<u8>)>)>,
+        services: Vec<(usize, Entries)>,
     },
     /// Changes to one service, in revision order, up to `revision`.
     Changes {
@@ -155,7 +158,17 @@ async fn watch_prefix(
 ) {
     let mut backoff = Backoff::default();
     loop {
-        match watch_once(&client, idx, &prefix, &mut revision, timeout, &tx, &mut backoff).await {
+        match watch_once(
+            &client,
+            idx,
+            &prefix,
+            &mut revision,
+            timeout,
+            &tx,
+            &mut backoff,
+        )
+        .await
+        {
             Ok(WatchEnd::ReceiverGone) => return,
             Ok(WatchEnd::Compacted(compact)) => {
                 tracing::warn!(prefix = %prefix, revision, compact_revision = compact, "watch fell behind compaction; re-listing");

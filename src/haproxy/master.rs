@@ -53,13 +53,19 @@ impl ProcList {
         if saw_master {
             Ok(list)
         } else {
-            Err(format!("unexpected `show proc` answer: {:?}", text.lines().next().unwrap_or("")))
+            Err(format!(
+                "unexpected `show proc` answer: {:?}",
+                text.lines().next().unwrap_or("")
+            ))
         }
     }
 
     /// The newest workers (those that have survived no reload).
     pub fn current_workers(&self) -> impl Iterator<Item = u32> + '_ {
-        self.workers.iter().filter(|(_, r)| *r == 0).map(|(p, _)| *p)
+        self.workers
+            .iter()
+            .filter(|(_, r)| *r == 0)
+            .map(|(p, _)| *p)
     }
 }
 
@@ -99,7 +105,10 @@ impl MasterSocket {
                 Err(_) => {}
             }
             if Instant::now() >= deadline {
-                return Err(format!("master socket {}: empty answer to `show proc`", self.path.display()));
+                return Err(format!(
+                    "master socket {}: empty answer to `show proc`",
+                    self.path.display()
+                ));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -159,7 +168,8 @@ impl MasterSocket {
 mod tests {
     use super::*;
 
-    const AFTER_FAILED: &str = "#<PID>          <type>          <reloads>       <uptime>        <version>
+    const AFTER_FAILED: &str =
+        "#<PID>          <type>          <reloads>       <uptime>        <version>
 4225            master          2 [failed: 1]   0d00h00m04s     2.6.12-1+deb12u4
 # workers
 4339            worker          1               0d00h00m01s     2.6.12-1+deb12u4

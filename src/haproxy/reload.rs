@@ -33,11 +33,14 @@ impl Reload for Reloader {
             Reloader::Master(m) => m.reload().await.map(|pid| format!("new worker pid {pid}")),
             Reloader::Command { cmd, timeout } => {
                 let mut c = Command::new("sh");
-                c.arg("-c").arg(cmd).stdin(std::process::Stdio::null()).kill_on_drop(true);
+                c.arg("-c")
+                    .arg(cmd)
+                    .stdin(std::process::Stdio::null())
+                    .kill_on_drop(true);
                 match tokio::time::timeout(*timeout, c.output()).await {
                     Err(_) => Err(format!("--reload-cmd {cmd:?} timed out after {timeout:?}")),
                     Ok(Err(e)) => Err(format!("--reload-cmd {cmd:?}: cannot run: {e}")),
-                    Ok(Ok(out)) if out.status.success() => Ok(format!("--reload-cmd exited 0")),
+                    Ok(Ok(out)) if out.status.success() => Ok("--reload-cmd exited 0".to_string()),
                     Ok(Ok(out)) => Err(format!(
                         "--reload-cmd {cmd:?} failed ({}): {}",
                         out.status,

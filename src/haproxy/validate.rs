@@ -8,7 +8,10 @@ use tokio::process::Command;
 pub trait Validate {
     /// `files` are passed in order as `-f`, after the base configuration. On failure the error
     /// holds HAProxy's own message.
-    fn validate(&self, files: &[PathBuf]) -> impl std::future::Future<Output = Result<(), String>> + Send;
+    fn validate(
+        &self,
+        files: &[PathBuf],
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
 }
 
 /// `haproxy -c -f <base> -f <file>...`.
@@ -38,7 +41,13 @@ impl Validate for Validator {
         }
         cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
         let out = match tokio::time::timeout(self.timeout, cmd.output()).await {
-            Err(_) => return Err(format!("`{} -c` timed out after {:?}", self.haproxy_bin.display(), self.timeout)),
+            Err(_) => {
+                return Err(format!(
+                    "`{} -c` timed out after {:?}",
+                    self.haproxy_bin.display(),
+                    self.timeout
+                ))
+            }
             Ok(Err(e)) => return Err(format!("cannot run {}: {e}", self.haproxy_bin.display())),
             Ok(Ok(out)) => out,
         };
@@ -53,7 +62,10 @@ impl Validate for Validator {
             }
             msg.push_str(&stdout);
         }
-        Err(format!("haproxy -c rejected the candidate ({}): {msg}", out.status))
+        Err(format!(
+            "haproxy -c rejected the candidate ({}): {msg}",
+            out.status
+        ))
     }
 }
 

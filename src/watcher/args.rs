@@ -27,7 +27,12 @@ pub struct WatcherArgs {
     pub templates: Vec<PathBuf>,
 
     /// File each template renders to (HAProxy loads it with -f after the base config).
-    #[arg(long = "output", env = "DOCKREG_OUTPUT", value_delimiter = ',', default_value = "/run/dockreg/backends.cfg")]
+    #[arg(
+        long = "output",
+        env = "DOCKREG_OUTPUT",
+        value_delimiter = ',',
+        default_value = "/run/dockreg/backends.cfg"
+    )]
     pub outputs: Vec<PathBuf>,
 
     /// Base HAProxy configuration: candidates are validated together with it
@@ -157,9 +162,21 @@ mod tests {
 
     #[test]
     fn comma_separated_etcd_and_repeated_prefixes() {
-        let a = parse(&["--etcd", "http://h1:2379,http://h2:2379", "--prefix", "/a/web", "--prefix", "api"]);
+        let a = parse(&[
+            "--etcd",
+            "http://h1:2379,http://h2:2379",
+            "--prefix",
+            "/a/web",
+            "--prefix",
+            "api",
+        ]);
         assert_eq!(a.etcd.endpoints.len(), 2);
-        let names: Vec<_> = a.service_prefixes().unwrap().iter().map(|p| p.name().to_string()).collect();
+        let names: Vec<_> = a
+            .service_prefixes()
+            .unwrap()
+            .iter()
+            .map(|p| p.name().to_string())
+            .collect();
         assert_eq!(names, ["web", "api"]);
     }
 
@@ -167,9 +184,16 @@ mod tests {
     fn mismatched_pairs_name_the_flags() {
         let a = parse(&["--template", "Cargo.toml", "--output", "a", "--output", "b"]);
         let err = a.template_specs().unwrap_err().to_string();
-        assert!(err.contains("--template") && err.contains("--output"), "{err}");
+        assert!(
+            err.contains("--template") && err.contains("--output"),
+            "{err}"
+        );
         let a = parse(&["--template", "/nonexistent.tera", "--output", "a"]);
-        assert!(a.template_specs().unwrap_err().to_string().contains("/nonexistent.tera"));
+        assert!(a
+            .template_specs()
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent.tera"));
     }
 
     #[test]

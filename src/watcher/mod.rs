@@ -62,14 +62,25 @@ fn build(args: &WatcherArgs) -> Result<Pipeline<Validator, Reloader>> {
     for spec in renderer.specs() {
         if let Some(dir) = spec.output.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.is_dir() {
-                bail!("--output {}: folder {} does not exist", spec.output.display(), dir.display());
+                bail!(
+                    "--output {}: folder {} does not exist",
+                    spec.output.display(),
+                    dir.display()
+                );
             }
         }
     }
     let reloader = reloader(args);
     let enabled = !reloader.is_none();
-    Pipeline::new(catalog, renderer, validator(args)?, reloader, enabled, args.timing())
-        .context("reading the live output files")
+    Pipeline::new(
+        catalog,
+        renderer,
+        validator(args)?,
+        reloader,
+        enabled,
+        args.timing(),
+    )
+    .context("reading the live output files")
 }
 
 /// Runs the watcher as the flags say; the exit code reflects `--once`/`--dry-run` failures.
@@ -108,12 +119,18 @@ pub async fn run(args: WatcherArgs) -> Result<ExitCode> {
 }
 
 /// `--once` and `--dry-run`: one listing, one render, then exit.
-async fn one_shot(args: WatcherArgs, mut pipeline: Pipeline<Validator, Reloader>) -> Result<ExitCode> {
+async fn one_shot(
+    args: WatcherArgs,
+    mut pipeline: Pipeline<Validator, Reloader>,
+) -> Result<ExitCode> {
     let client = args.etcd.connect().await?;
     let prefixes: Vec<_> = args.service_prefixes()?.into_iter().enumerate().collect();
-    let snapshot = tokio::time::timeout(args.etcd.etcd_timeout * 4, list_services(&client, &prefixes, 0))
-        .await
-        .map_err(|_| anyhow!("listing services from etcd timed out"))??;
+    let snapshot = tokio::time::timeout(
+        args.etcd.etcd_timeout * 4,
+        list_services(&client, &prefixes, 0),
+    )
+    .await
+    .map_err(|_| anyhow!("listing services from etcd timed out"))??;
     pipeline.handle(Input::Etcd(snapshot), std::time::Instant::now());
     if args.dry_run {
         let mut failed = false;
@@ -134,7 +151,11 @@ async fn one_shot(args: WatcherArgs, mut pipeline: Pipeline<Validator, Reloader>
                 }
             }
         }
-        return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+        return Ok(if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        });
     }
     match pipeline.apply().await {
         Applied::Rejected(e) => {

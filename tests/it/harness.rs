@@ -224,7 +224,10 @@ impl Haproxy {
         let env = vec![
             ("DOCKREG_RUN_DIR".to_string(), dir.display().to_string()),
             ("DOCKREG_HTTP_BIND".to_string(), http.to_string()),
-            ("DOCKREG_STATS_BIND".to_string(), format!("127.0.0.1:{}", free_port())),
+            (
+                "DOCKREG_STATS_BIND".to_string(),
+                format!("127.0.0.1:{}", free_port()),
+            ),
         ];
         let base = Path::new(REPO).join("haproxy/haproxy.cfg");
         let master_socket = dir.join("master.sock");
@@ -395,7 +398,10 @@ pub async fn get(addr: SocketAddr) -> Option<Response> {
             body: body.to_string(),
         })
     };
-    tokio::time::timeout(Duration::from_secs(5), fut).await.ok().flatten()
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Sends `n` requests and returns who answered: backend identities, or `status NNN` for
@@ -477,9 +483,11 @@ impl Watcher {
 
     /// Waits until the log holds `needle`.
     pub async fn wait_log(&self, needle: &str) {
-        eventually(Duration::from_secs(15), &format!("watcher log to contain {needle:?}"), || async {
-            self.log_text().contains(needle)
-        })
+        eventually(
+            Duration::from_secs(15),
+            &format!("watcher log to contain {needle:?}"),
+            || async { self.log_text().contains(needle) },
+        )
         .await;
     }
 

@@ -13,7 +13,11 @@ async fn put_and_delete_route_exactly_the_registered_backends() {
     let _watcher = w.watcher(&[]);
     assert_routes_exactly(w.haproxy.http, &[b.addrs[0]]).await;
 
-    w.put(&b.key(1), r#"{"weight":10,"tags":["v2"],"container":"abc"}"#).await;
+    w.put(
+        &b.key(1),
+        r#"{"weight":10,"tags":["v2"],"container":"abc"}"#,
+    )
+    .await;
     w.put(&b.key(2), "running").await;
     assert_routes_exactly(w.haproxy.http, &b.addrs).await;
 
@@ -34,7 +38,11 @@ async fn lease_expiry_removes_the_backend() {
     w.put(&b.key(0), "running").await;
     let lease = w.client.lease_grant(2, None).await.unwrap().id();
     w.client
-        .put(b.key(1), "running", Some(PutOptions::new().with_lease(lease)))
+        .put(
+            b.key(1),
+            "running",
+            Some(PutOptions::new().with_lease(lease)),
+        )
         .await
         .unwrap();
     let _watcher = w.watcher(&[]);
@@ -70,13 +78,18 @@ async fn burst_of_1000_changes_converges_with_few_reloads() {
         w.del(&fake(i)).await;
     }
     assert_routes_exactly(w.haproxy.http, &b.addrs).await;
-    eventually(Duration::from_secs(10), "output equals etcd state", || async {
-        let mut servers: Vec<String> = w.rendered_servers().into_iter().map(|(_, a)| a).collect();
-        servers.sort();
-        let mut want: Vec<String> = b.addrs.iter().map(|a| a.to_string()).collect();
-        want.sort();
-        servers == want
-    })
+    eventually(
+        Duration::from_secs(10),
+        "output equals etcd state",
+        || async {
+            let mut servers: Vec<String> =
+                w.rendered_servers().into_iter().map(|(_, a)| a).collect();
+            servers.sort();
+            let mut want: Vec<String> = b.addrs.iter().map(|a| a.to_string()).collect();
+            want.sort();
+            servers == want
+        },
+    )
     .await;
     let proc = w.haproxy.show_proc().await;
     let reloads = proc.reloads - reloads_before;
@@ -94,7 +107,8 @@ async fn template_edit_rerenders_and_broken_template_keeps_last_good() {
     let mut w = World::new().await;
     let b = Backends::start(2).await;
     let template = w.path().join("backends.cfg.tera");
-    let good = std::fs::read_to_string(format!("{REPO}/templates/haproxy-backends.cfg.tera")).unwrap();
+    let good =
+        std::fs::read_to_string(format!("{REPO}/templates/haproxy-backends.cfg.tera")).unwrap();
     std::fs::write(&template, &good).unwrap();
     w.put(&b.key(0), "running").await;
     let t = template.display().to_string();
@@ -109,22 +123,33 @@ async fn template_edit_rerenders_and_broken_template_keeps_last_good() {
     );
     assert_ne!(edited, good);
     std::fs::write(&template, &edited).unwrap();
-    eventually(Duration::from_secs(10), "edited template served", || async {
-        get(w.haproxy.http)
-            .await
-            .is_some_and(|r| r.headers.get("x-dockreg-template").map(String::as_str) == Some("edited"))
-    })
+    eventually(
+        Duration::from_secs(10),
+        "edited template served",
+        || async {
+            get(w.haproxy.http).await.is_some_and(|r| {
+                r.headers.get("x-dockreg-template").map(String::as_str) == Some("edited")
+            })
+        },
+    )
     .await;
 
     // A broken edit is reported with file and line, and changes keep flowing through the
     // last good template.
     std::fs::write(&template, format!("{edited}\n{{% for x in %}}\n")).unwrap();
     watcher.wait_log(&format!("{t}:")).await;
-    assert!(watcher.log_text().contains("template rejected"), "{}", watcher.log_text());
+    assert!(
+        watcher.log_text().contains("template rejected"),
+        "{}",
+        watcher.log_text()
+    );
     w.put(&b.key(1), "running").await;
     assert_routes_exactly(w.haproxy.http, &b.addrs).await;
     let r = get(w.haproxy.http).await.unwrap();
-    assert_eq!(r.headers.get("x-dockreg-template").map(String::as_str), Some("edited"));
+    assert_eq!(
+        r.headers.get("x-dockreg-template").map(String::as_str),
+        Some("edited")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,14 +158,20 @@ async fn hostile_keys_and_values_are_skipped_and_named() {
     let b = Backends::start(2).await;
     let watcher = w.watcher(&[]);
     let hostile: &[(&str, &str)] = &[
-        ("/service/127.0.0.1:80\n    server evil 127.0.0.1:1", "running"),
+        (
+            "/service/127.0.0.1:80\n    server evil 127.0.0.1:1",
+            "running",
+        ),
         ("/service/127.0.0.1:0", "running"),
         ("/service/127.0.0.1:70000", "running"),
         ("/service/nested/127.0.0.1:81", "running"),
         ("/service/evil.example:80", "running"),
         ("/service/127.0.0.1:82 backup", "running"),
         ("/service/127.0.0.1:83", "stopped"),
-        ("/service/127.0.0.1:84", r#"{"tags":["x\n    server evil 127.0.0.1:1"]}"#),
+        (
+            "/service/127.0.0.1:84",
+            r#"{"tags":["x\n    server evil 127.0.0.1:1"]}"#,
+        ),
         ("/service/127.0.0.1:85", r##"{"container":"# comment"}"##),
         ("/service/127.0.0.1:86", r#"{"weight":1000}"#),
     ];
@@ -156,13 +187,25 @@ async fn hostile_keys_and_values_are_skipped_and_named() {
     w.put(&b.key(0), "running").await;
     w.put(&b.key(1), r#"{"weight":5}"#).await;
     assert_routes_exactly(w.haproxy.http, &b.addrs).await;
-    assert_eq!(w.rendered_servers().len(), 2, "only the two valid endpoints are rendered");
+    assert_eq!(
+        w.rendered_servers().len(),
+        2,
+        "only the two valid endpoints are rendered"
+    );
     let text = std::fs::read_to_string(&w.haproxy.output).unwrap();
     assert!(!text.contains("evil") && !text.contains("backup"), "{text}");
     let log = watcher.log_text();
-    for key in ["127.0.0.1:0", "127.0.0.1:70000", "nested/127.0.0.1:81", "127.0.0.1:83", "127.0.0.1:86", "127.0.0.1:87"] {
+    for key in [
+        "127.0.0.1:0",
+        "127.0.0.1:70000",
+        "nested/127.0.0.1:81",
+        "127.0.0.1:83",
+        "127.0.0.1:86",
+        "127.0.0.1:87",
+    ] {
         assert!(
-            log.lines().any(|l| l.contains("skipped") && l.contains(key)),
+            log.lines()
+                .any(|l| l.contains("skipped") && l.contains(key)),
             "no warning names {key}: {log}"
         );
     }
@@ -175,13 +218,20 @@ async fn etcd_restart_mid_run_and_absent_at_start() {
     let b = Backends::start(3).await;
     // etcd is not there yet: the watcher waits and retries.
     let port = free_port();
-    let watcher = Watcher::start(dir.path(), &haproxy, &format!("http://127.0.0.1:{port}"), &[]);
+    let watcher = Watcher::start(
+        dir.path(),
+        &haproxy,
+        &format!("http://127.0.0.1:{port}"),
+        &[],
+    );
     watcher.wait_log("etcd unreachable").await;
     drop(watcher);
 
     let mut etcd = Etcd::start(dir.path()).await;
     let mut c = etcd.client().await;
-    c.put(format!("/service/{}", b.addrs[0]), "running", None).await.unwrap();
+    c.put(format!("/service/{}", b.addrs[0]), "running", None)
+        .await
+        .unwrap();
     let watcher = Watcher::start(dir.path(), &haproxy, &etcd.url(), &[]);
     assert_routes_exactly(haproxy.http, &b.addrs[..1]).await;
 
@@ -192,9 +242,15 @@ async fn etcd_restart_mid_run_and_absent_at_start() {
 
     etcd.restart().await;
     let mut c = etcd.client().await;
-    c.put(format!("/service/{}", b.addrs[1]), "running", None).await.unwrap();
-    c.put(format!("/service/{}", b.addrs[2]), "running", None).await.unwrap();
-    c.delete(format!("/service/{}", b.addrs[0]), None).await.unwrap();
+    c.put(format!("/service/{}", b.addrs[1]), "running", None)
+        .await
+        .unwrap();
+    c.put(format!("/service/{}", b.addrs[2]), "running", None)
+        .await
+        .unwrap();
+    c.delete(format!("/service/{}", b.addrs[0]), None)
+        .await
+        .unwrap();
     assert_routes_exactly(haproxy.http, &b.addrs[1..]).await;
 }
 
@@ -210,7 +266,10 @@ async fn candidate_rejected_by_haproxy_keeps_live_config_and_no_reload() {
     )
     .unwrap();
     w.put(&b.key(0), "running").await;
-    let (t, out) = (template.display().to_string(), w.haproxy.output.display().to_string());
+    let (t, out) = (
+        template.display().to_string(),
+        w.haproxy.output.display().to_string(),
+    );
     let watcher = w.watcher(&["--template", &t, "--output", &out]);
     assert_routes_exactly(w.haproxy.http, &b.addrs[..1]).await;
     let live = std::fs::read_to_string(&w.haproxy.output).unwrap();
@@ -218,11 +277,21 @@ async fn candidate_rejected_by_haproxy_keeps_live_config_and_no_reload() {
 
     w.put(&b.key(1), r#"{"tags":["bogus"]}"#).await;
     watcher.wait_log("candidate configuration rejected").await;
-    assert!(watcher.log_text().contains("no-such-keyword"), "HAProxy's own error is logged");
-    assert_eq!(std::fs::read_to_string(&w.haproxy.output).unwrap(), live, "live file kept");
+    assert!(
+        watcher.log_text().contains("no-such-keyword"),
+        "HAProxy's own error is logged"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&w.haproxy.output).unwrap(),
+        live,
+        "live file kept"
+    );
     assert_routes_exactly(w.haproxy.http, &b.addrs[..1]).await;
     let after = w.haproxy.show_proc().await;
-    assert_eq!(after.reloads, before.reloads, "no reload after a rejected candidate");
+    assert_eq!(
+        after.reloads, before.reloads,
+        "no reload after a rejected candidate"
+    );
 
     // The next change that validates is applied.
     w.put(&b.key(1), "running").await;
@@ -238,13 +307,22 @@ async fn unchanged_render_causes_no_write_and_no_reload() {
     assert_routes_exactly(w.haproxy.http, &b.addrs).await;
     watcher.wait_log("HAProxy reloaded").await;
     let before = w.haproxy.show_proc().await;
-    let mtime = std::fs::metadata(&w.haproxy.output).unwrap().modified().unwrap();
+    let mtime = std::fs::metadata(&w.haproxy.output)
+        .unwrap()
+        .modified()
+        .unwrap();
     // Same value again, a key outside the layout, a value rewrite with the same meaning.
     w.put(&b.key(0), "running").await;
     w.put("/service/not-an-endpoint", "running").await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(w.haproxy.show_proc().await.reloads, before.reloads);
-    assert_eq!(std::fs::metadata(&w.haproxy.output).unwrap().modified().unwrap(), mtime);
+    assert_eq!(
+        std::fs::metadata(&w.haproxy.output)
+            .unwrap()
+            .modified()
+            .unwrap(),
+        mtime
+    );
     assert_eq!(watcher.stop().code(), Some(0), "SIGTERM exits 0");
 }
 
@@ -272,17 +350,31 @@ async fn once_and_dry_run() {
     let out = run([common.clone(), vec!["--dry-run".into()]].concat());
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains(&format!("+    server {}", dockreg::keys::server_name(b.addrs[0]))), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "+    server {}",
+            dockreg::keys::server_name(b.addrs[0])
+        )),
+        "{stdout}"
+    );
     assert_eq!(std::fs::read_to_string(&w.haproxy.output).unwrap(), before);
 
     // --once writes, reloads through the master socket and exits 0.
     let once = [
         common.clone(),
-        vec!["--once".into(), "--master-socket".into(), w.haproxy.master_socket.display().to_string()],
+        vec![
+            "--once".into(),
+            "--master-socket".into(),
+            w.haproxy.master_socket.display().to_string(),
+        ],
     ]
     .concat();
     let out = run(once.clone());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_routes_exactly(w.haproxy.http, &b.addrs[..1]).await;
 
     // --once fails (non-zero) when HAProxy's check fails: a base config that does not parse.
@@ -312,7 +404,13 @@ async fn bad_flags_name_the_flag() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--prefix"));
     let out = std::process::Command::new(WATCHER)
-        .args(["--template", "/nonexistent/t.tera", "--output", "/tmp/x.cfg", "--no-validate"])
+        .args([
+            "--template",
+            "/nonexistent/t.tera",
+            "--output",
+            "/tmp/x.cfg",
+            "--no-validate",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -325,15 +423,23 @@ async fn three_member_cluster_survives_a_member_loss() {
     let mut members = Etcd::cluster(dir.path()).await;
     let haproxy = Haproxy::start(dir.path()).await;
     let b = Backends::start(2).await;
-    let urls = members.iter().map(|m| m.url()).collect::<Vec<_>>().join(",");
+    let urls = members
+        .iter()
+        .map(|m| m.url())
+        .collect::<Vec<_>>()
+        .join(",");
     let mut c = members[2].client().await;
-    c.put(format!("/service/{}", b.addrs[0]), "running", None).await.unwrap();
+    c.put(format!("/service/{}", b.addrs[0]), "running", None)
+        .await
+        .unwrap();
     let _watcher = Watcher::start(dir.path(), &haproxy, &urls, &[]);
     assert_routes_exactly(haproxy.http, &b.addrs[..1]).await;
     // Lose a member: the watcher's stream to it breaks or it was on another one; either way
     // changes written through a surviving member arrive.
     members[0].kill();
-    c.put(format!("/service/{}", b.addrs[1]), "running", None).await.unwrap();
+    c.put(format!("/service/{}", b.addrs[1]), "running", None)
+        .await
+        .unwrap();
     assert_routes_exactly(haproxy.http, &b.addrs).await;
     members[1].kill();
     // Two of three gone: no quorum, HAProxy keeps serving what it had.
