@@ -15,6 +15,10 @@
 //! cargo run --release --example bench_watcher -- full 1 1000
 //! ```
 //!
+//! Besides the latency from issuing the put/delete, it prints etcd's own share — from issuing
+//! the change until an independent watch of the bench sees the event — and the watcher's
+//! share, from that event until the file reflects it.
+//!
 //! Changes are spaced 150 ms apart, longer than the default 100 ms debounce, so each one is
 //! an isolated change that the watcher applies at once (a burst would be coalesced).
 
@@ -111,28 +115,33 @@ fn peak_rss_kb(pid: u32) -> Option<u64> {
 }
 
 /// Waits until the output file's content satisfies `check`; returns when it was first seen.
-async fn wait_file(path: &Path, check: impl Fn(&str) -> bool) -> Result<Instant> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last_len = None;
-    loop {
-        // Cheap change detection first: size and mtime, then the content.
-        let meta = std::fs::metadata(path)
-            .ok()
-            .map(|m| (m.len(), m.modified().ok()));
-        if meta != last_len {
-            let seen = Instant::now();
-            if let Ok(text) = std::fs::read_to_string(path) {
-                if check(&text) {
-                    return Ok(seen);
+/// Polls every 50 µs on a blocking thread (tokio's timers tick in milliseconds).
+async fn wait_file(path: &Path, check: impl Fn(&str) -> bool + Send + 'static) -> Result<Instant> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = None;
+        loop {
+            // Cheap change detection first: size and mtime, then the content.
+            let meta = std::fs::metadata(&path)
+                .ok()
+                .map(|m| (m.len(), m.modified().ok()));
+            if meta != last {
+                let seen = Instant::now();
+                if let Ok(text) = std::fs::read_to_string(&path) {
+                    if check(&text) {
+                        return Ok(seen);
+                    }
                 }
+                last = meta;
             }
-            last_len = meta;
+            if Instant::now() > deadline {
+                bail!("output {} never reflected the change", path.display());
+            }
+            std::thread::sleep(Duration::from_micros(50));
         }
-        if Instant::now() > deadline {
-            bail!("output {} never reflected the change", path.display());
-        }
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
+    })
+    .await?
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -146,10 +155,16 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 struct Row {
     mode: &'static str,
     n: usize,
-    p50: f64,
-    p99: f64,
+    total: (f64, f64),
+    etcd: (f64, f64),
+    watcher: (f64, f64),
     samples: usize,
     rss_mb: f64,
+}
+
+fn p50_p99(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    (percentile(&v, 0.5), percentile(&v, 0.99))
 }
 
 struct Haproxy {
@@ -239,12 +254,28 @@ async fn bench(mode: &'static str, n: usize, samples: usize) -> Result<Row> {
     let pid = watcher.id();
     let _watcher = Guard(watcher);
     let count_servers = move |t: &str| t.matches("\n    server ").count();
-    wait_file(&output, |t| count_servers(t) == n).await?;
+    wait_file(&output, move |t| count_servers(t) == n).await?;
     let master = haproxy.as_ref().map(|h| dockreg::haproxy::MasterSocket {
         path: h.master.clone(),
         timeout: Duration::from_secs(30),
     });
-    let mut lat = Vec::with_capacity(samples * 2);
+    // An independent watch: when etcd delivers each change to a watcher.
+    let mut stream = client
+        .watch(
+            "/service/",
+            Some(etcd_client::WatchOptions::new().with_prefix()),
+        )
+        .await?;
+    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(resp)) = stream.message().await {
+            let now = Instant::now();
+            for _ in resp.events() {
+                let _ = ev_tx.send(now);
+            }
+        }
+    });
+    let (mut lat, mut etcd_lat, mut own_lat) = (Vec::new(), Vec::new(), Vec::new());
     tokio::time::sleep(Duration::from_millis(if full { 1000 } else { 300 })).await;
     for s in 0..samples {
         let addr = endpoint(n + 1 + s, full);
@@ -261,7 +292,13 @@ async fn bench(mode: &'static str, n: usize, samples: usize) -> Result<Row> {
             } else {
                 client.delete(key.as_str(), None).await?;
             }
-            let seen = wait_file(&output, |t| t.contains(&needle) == put).await?;
+            let want = needle.clone();
+            let seen = wait_file(&output, move |t| t.contains(&want) == put).await?;
+            let event = ev_rx
+                .recv()
+                .await
+                .ok_or_else(|| anyhow!("bench watch ended"))?;
+            etcd_lat.push(event.duration_since(t0).as_secs_f64() * 1000.0);
             let mut done = seen;
             if let (Some(m), Some(before)) = (&master, reloads) {
                 // Until HAProxy runs the new configuration.
@@ -276,6 +313,7 @@ async fn bench(mode: &'static str, n: usize, samples: usize) -> Result<Row> {
                 }
             }
             lat.push(done.duration_since(t0).as_secs_f64() * 1000.0);
+            own_lat.push(done.saturating_duration_since(event).as_secs_f64() * 1000.0);
             // Longer than the debounce and (full mode) the minimum reload interval.
             tokio::time::sleep(if full {
                 Duration::from_millis(600)
@@ -286,13 +324,13 @@ async fn bench(mode: &'static str, n: usize, samples: usize) -> Result<Row> {
         }
     }
     let rss_mb = peak_rss_kb(pid).unwrap_or(0) as f64 / 1024.0;
-    lat.sort_by(|a, b| a.total_cmp(b));
     Ok(Row {
         mode,
         n,
-        p50: percentile(&lat, 0.5),
-        p99: percentile(&lat, 0.99),
         samples: lat.len(),
+        total: p50_p99(lat),
+        etcd: p50_p99(etcd_lat),
+        watcher: p50_p99(own_lat),
         rss_mb,
     })
 }
@@ -330,24 +368,28 @@ async fn main() -> Result<()> {
             let row = bench(mode, n, samples).await?;
             eprintln!(
                 "bench: {mode} n={n}: p50 {:.2} ms, p99 {:.2} ms, peak RSS {:.1} MB",
-                row.p50, row.p99, row.rss_mb
+                row.total.0, row.total.1, row.rss_mb
             );
             rows.push(row);
         }
     }
-    println!("| mode | endpoints | p50 (ms) | p99 (ms) | samples | watcher peak RSS (MB) |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| mode | endpoints | change → done, p50 / p99 (ms) | etcd: change → watch event | watcher: event → done | samples | watcher peak RSS (MB) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for r in rows {
+        let mode = if r.mode == "full" {
+            "validate + reload"
+        } else {
+            "render only"
+        };
         println!(
-            "| {} | {} | {:.2} | {:.2} | {} | {:.1} |",
-            if r.mode == "full" {
-                "validate + reload"
-            } else {
-                "render only"
-            },
+            "| {mode} | {} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {} | {:.1} |",
             r.n,
-            r.p50,
-            r.p99,
+            r.total.0,
+            r.total.1,
+            r.etcd.0,
+            r.etcd.1,
+            r.watcher.0,
+            r.watcher.1,
             r.samples,
             r.rss_mb
         );

@@ -47,13 +47,11 @@ impl Staged {
         self.file.path()
     }
 
-    /// Renames the candidate over the live file and fsyncs the folder.
+    /// Renames the candidate over the live file. The content was fsynced before; the folder is
+    /// not: after a crash the previous file may come back, and the watcher re-renders it at
+    /// start anyway.
     pub fn commit(self) -> std::io::Result<()> {
-        let target = self.target;
-        self.file.persist(&target).map_err(|e| e.error)?;
-        if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
+        self.file.persist(&self.target).map_err(|e| e.error)?;
         Ok(())
     }
 }

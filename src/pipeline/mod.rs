@@ -335,6 +335,11 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         tokio::pin!(shutdown);
         loop {
             let due = self.next_due();
+            if due.is_some_and(|d| d <= Instant::now()) {
+                // Due now: no timer (tokio's have millisecond granularity).
+                self.tick(Instant::now()).await;
+                continue;
+            }
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
