@@ -39,7 +39,7 @@ pub struct EtcdArgs {
         requires = "etcd_user"
     )]
     pub etcd_password: Option<String>,
-    /// Timeout for connecting to etcd and for each request.
+    /// Timeout for connecting to etcd (listing gets four times as long).
     #[arg(long, env = "DOCKREG_ETCD_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub etcd_timeout: Duration,
 }

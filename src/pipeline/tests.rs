@@ -1,0 +1,252 @@
+//! Unit tests of the change pipeline with fake validation and reload seams.
+
+use super::*;
+use crate::catalog::Catalog;
+use crate::etcd::{KvChange, WatchEvent};
+use crate::keys::ServicePrefix;
+use crate::render::{Renderer, TemplateSpec};
+use std::sync::{Arc, Mutex};
+
+/// Refuses candidates that contain `refuse`; records what it was asked to check.
+#[derive(Clone, Default)]
+struct FakeValidator {
+    refuse: Arc<Mutex<Option<String>>>,
+    calls: Arc<Mutex<usize>>,
+}
+
+impl Validate for FakeValidator {
+    async fn validate(&self, files: &[PathBuf]) -> Result<(), String> {
+        *self.calls.lock().unwrap() += 1;
+        let refuse = self.refuse.lock().unwrap().clone();
+        for f in files {
+            let text = std::fs::read_to_string(f).map_err(|e| e.to_string())?;
+            if let Some(r) = &refuse {
+                if text.contains(r.as_str()) {
+                    return Err(format!("[{}:3] unknown keyword", f.display()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Fails the next `fail` reloads, then succeeds; counts attempts.
+#[derive(Clone, Default)]
+struct FakeReloader {
+    fail: Arc<Mutex<u32>>,
+    attempts: Arc<Mutex<u32>>,
+}
+
+impl Reload for FakeReloader {
+    async fn reload(&self) -> Result<String, String> {
+        *self.attempts.lock().unwrap() += 1;
+        let mut fail = self.fail.lock().unwrap();
+        if *fail > 0 {
+            *fail -= 1;
+            return Err("connection refused".into());
+        }
+        Ok("ok".into())
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    out: PathBuf,
+    p: Pipeline<FakeValidator, FakeReloader>,
+    v: FakeValidator,
+    r: FakeReloader,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("backends.cfg");
+    let renderer = Renderer::new(vec![TemplateSpec {
+        template: None,
+        output: out.clone(),
+    }])
+    .unwrap();
+    let catalog = Catalog::with_views(
+        vec![ServicePrefix::parse("/service").unwrap()],
+        renderer.views(),
+    )
+    .unwrap();
+    let (v, r) = (FakeValidator::default(), FakeReloader::default());
+    let timing = Timing {
+        retry_min: Duration::from_millis(10),
+        ..Timing::default()
+    };
+    let p = Pipeline::new(catalog, renderer, Some(v.clone()), r.clone(), true, timing).unwrap();
+    Setup {
+        _dir: dir,
+        out,
+        p,
+        v,
+        r,
+    }
+}
+
+fn snapshot(keys: &[&str]) -> Input {
+    Input::Etcd(WatchEvent::Snapshot {
+        revision: 1,
+        services: vec![(
+            0,
+            keys.iter()
+                .map(|k| (k.as_bytes().to_vec(), b"running".to_vec()))
+                .collect(),
+        )],
+    })
+}
+
+fn put(key: &str, value: &str) -> Input {
+    Input::Etcd(WatchEvent::Changes {
+        service: 0,
+        revision: 2,
+        changes: vec![KvChange::Put {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+        }],
+    })
+}
+
+#[tokio::test]
+async fn nothing_is_rendered_before_the_first_snapshot() {
+    let mut s = setup();
+    s.p.handle(put("/service/10.0.0.1:80", "running"), Instant::now());
+    assert!(!s.p.synced);
+    assert_eq!(s.p.apply().await, Applied::NotSynced);
+    assert!(!s.out.exists());
+}
+
+#[tokio::test]
+async fn first_snapshot_is_due_at_once_and_written_then_reloaded() {
+    let mut s = setup();
+    let now = Instant::now();
+    assert!(s.p.handle(snapshot(&["/service/10.0.0.1:80"]), now));
+    assert_eq!(s.p.next_due(), Some(now));
+    s.p.tick(now).await;
+    let text = std::fs::read_to_string(&s.out).unwrap();
+    assert!(text.contains("server 10.0.0.1_80 10.0.0.1:80"), "{text}");
+    assert_eq!(*s.r.attempts.lock().unwrap(), 1);
+    assert!(!s.p.reload_pending());
+}
+
+#[tokio::test]
+async fn unchanged_output_is_neither_validated_nor_reloaded() {
+    let mut s = setup();
+    s.p.handle(snapshot(&["/service/10.0.0.1:80"]), Instant::now());
+    assert!(matches!(s.p.apply().await, Applied::Written(_)));
+    let calls = *s.v.calls.lock().unwrap();
+    // An empty snapshot of a service followed by the same state again: no net change.
+    s.p.handle(snapshot(&["/service/10.0.0.1:80"]), Instant::now());
+    assert_eq!(s.p.apply().await, Applied::Unchanged);
+    assert_eq!(*s.v.calls.lock().unwrap(), calls);
+}
+
+#[tokio::test]
+async fn refused_candidate_keeps_the_live_file_and_is_not_rechecked() {
+    let mut s = setup();
+    s.p.handle(snapshot(&["/service/10.0.0.1:80"]), Instant::now());
+    s.p.apply().await;
+    s.p.reload().await;
+    let live = std::fs::read_to_string(&s.out).unwrap();
+    *s.v.refuse.lock().unwrap() = Some("10.0.0.2".into());
+    s.p.handle(put("/service/10.0.0.2:80", "running"), Instant::now());
+    assert!(matches!(s.p.apply().await, Applied::Rejected(e) if e.contains("unknown keyword")));
+    assert_eq!(std::fs::read_to_string(&s.out).unwrap(), live);
+    assert!(!s.p.reload_pending(), "no reload after a refused candidate");
+    let calls = *s.v.calls.lock().unwrap();
+    assert!(matches!(s.p.apply().await, Applied::Rejected(_)));
+    assert_eq!(
+        *s.v.calls.lock().unwrap(),
+        calls,
+        "same candidate is not re-validated"
+    );
+    assert_eq!(
+        std::fs::read_dir(s.out.parent().unwrap()).unwrap().count(),
+        1,
+        "no temp file left"
+    );
+    // The next change that validates goes through.
+    *s.v.refuse.lock().unwrap() = None;
+    s.p.handle(put("/service/10.0.0.3:80", "running"), Instant::now());
+    assert!(matches!(s.p.apply().await, Applied::Written(_)));
+    assert!(std::fs::read_to_string(&s.out)
+        .unwrap()
+        .contains("10.0.0.3_80"));
+}
+
+#[tokio::test]
+async fn failed_reload_is_retried_with_backoff() {
+    let mut s = setup();
+    *s.r.fail.lock().unwrap() = 2;
+    s.p.handle(snapshot(&["/service/10.0.0.1:80"]), Instant::now());
+    s.p.tick(Instant::now()).await;
+    assert!(s.p.reload_pending());
+    let retry_at = s.p.next_due().unwrap();
+    assert!(
+        retry_at > Instant::now(),
+        "retry is scheduled, not immediate"
+    );
+    tokio::time::sleep_until(retry_at.into()).await;
+    s.p.tick(Instant::now()).await;
+    assert!(s.p.reload_pending(), "second attempt fails too");
+    let second = s.p.next_due().unwrap();
+    assert!(
+        second - Instant::now() > Duration::from_millis(15),
+        "backoff grows"
+    );
+    tokio::time::sleep_until(second.into()).await;
+    s.p.tick(Instant::now()).await;
+    assert!(!s.p.reload_pending());
+    assert_eq!(*s.r.attempts.lock().unwrap(), 3);
+    assert_eq!((s.p.stats.reloads, s.p.stats.reload_failures), (1, 2));
+}
+
+#[tokio::test]
+async fn renders_wait_for_the_minimum_reload_interval() {
+    let mut s = setup();
+    s.p.handle(snapshot(&["/service/10.0.0.1:80"]), Instant::now());
+    s.p.tick(Instant::now()).await;
+    let reloaded = Instant::now();
+    // An isolated change right after a reload is held until the interval has passed.
+    let later = reloaded + Duration::from_millis(150);
+    s.p.handle(put("/service/10.0.0.2:80", "running"), later);
+    let due = s.p.next_due().unwrap();
+    assert!(due >= reloaded + Timing::default().min_reload_interval - Duration::from_millis(5));
+}
+
+#[tokio::test]
+async fn broken_template_edit_keeps_the_last_good_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let tpl = dir.path().join("t.tera");
+    std::fs::write(&tpl, "v1 {{ services | length }}\n").unwrap();
+    let out = dir.path().join("o.cfg");
+    let renderer = Renderer::new(vec![TemplateSpec {
+        template: Some(tpl.clone()),
+        output: out.clone(),
+    }])
+    .unwrap();
+    let catalog = Catalog::with_views(
+        vec![ServicePrefix::parse("/service").unwrap()],
+        renderer.views(),
+    )
+    .unwrap();
+    let mut p: Pipeline<FakeValidator, FakeReloader> = Pipeline::new(
+        catalog,
+        renderer,
+        None,
+        FakeReloader::default(),
+        false,
+        Timing::default(),
+    )
+    .unwrap();
+    p.handle(snapshot(&[]), Instant::now());
+    p.apply().await;
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "v1 1\n");
+    std::fs::write(&tpl, "{% if %}").unwrap();
+    assert!(!p.handle(Input::Template(tpl.clone()), Instant::now()));
+    std::fs::write(&tpl, "v2\n").unwrap();
+    assert!(p.handle(Input::Template(tpl), Instant::now()));
+    p.apply().await;
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "v2\n");
+}
