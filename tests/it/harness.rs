@@ -491,6 +491,14 @@ impl Watcher {
         .await;
     }
 
+    /// Sends a signal (`STOP`, `CONT`, `TERM`, ...) to the watcher.
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
     /// Sends SIGTERM and returns the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
@@ -506,6 +514,15 @@ impl Watcher {
 impl Drop for Watcher {
     fn drop(&mut self) {
         kill(&mut self.child);
+    }
+}
+
+/// Kills a child process when dropped.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        kill(&mut self.0);
     }
 }
 

@@ -445,3 +445,65 @@ async fn three_member_cluster_survives_a_member_loss() {
     // Two of three gone: no quorum, HAProxy keeps serving what it had.
     assert_routes_exactly(haproxy.http, &b.addrs).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_behind_compaction_relists() {
+    let dir = tempfile::tempdir().unwrap();
+    let haproxy = Haproxy::start(dir.path()).await;
+    let b = Backends::start(3).await;
+    let mut etcd = Etcd::start(dir.path()).await;
+    let mut c = etcd.client().await;
+    c.put(format!("/service/{}", b.addrs[0]), "running", None).await.unwrap();
+    let watcher = Watcher::start(dir.path(), &haproxy, &etcd.url(), &["--etcd-timeout", "1s"]);
+    assert_routes_exactly(haproxy.http, &b.addrs[..1]).await;
+
+    // Freeze the watcher, lose etcd, change and compact while it is away; when the watcher
+    // resumes, its watch revision is gone and only a re-list can bring it up to date.
+    watcher.signal("STOP");
+    etcd.restart().await;
+    let mut c = etcd.client().await;
+    c.delete(format!("/service/{}", b.addrs[0]), None).await.unwrap();
+    c.put(format!("/service/{}", b.addrs[1]), "running", None).await.unwrap();
+    let rev = c
+        .put(format!("/service/{}", b.addrs[2]), "running", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    c.compact(rev, None).await.unwrap();
+    watcher.signal("CONT");
+    watcher.wait_log("re-listing").await;
+    assert_routes_exactly(haproxy.http, &b.addrs[1..]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_reload_is_retried_until_it_succeeds() {
+    let mut w = World::new().await;
+    let b = Backends::start(2).await;
+    w.put(&b.key(0), "running").await;
+    // A reload command that fails until the operator creates a file, then reloads HAProxy
+    // by signalling its master.
+    let master = w.haproxy.show_proc().await.master_pid;
+    let gate = w.path().join("reload-ok");
+    let cmd = format!("test -e {} && kill -USR2 {master}", gate.display());
+    let out = w.haproxy.output.display().to_string();
+    let base = w.haproxy.base.display().to_string();
+    let mut c = std::process::Command::new(WATCHER);
+    c.args(["--etcd", &w.etcd.url(), "--output", &out, "--haproxy-config", &base])
+        .args(["--reload-cmd", &cmd, "--debounce", "50ms"])
+        .envs(w.haproxy.env.iter().cloned())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(w.path().join("retry.log")).unwrap());
+    let mut child = ChildGuard(c.spawn().unwrap());
+    let log = || std::fs::read_to_string(w.path().join("retry.log")).unwrap_or_default();
+    eventually(Duration::from_secs(10), "two failed reload attempts", || async {
+        log().matches("HAProxy reload failed").count() >= 2
+    })
+    .await;
+    assert_routes_exactly(w.haproxy.http, &[]).await;
+    std::fs::write(&gate, "").unwrap();
+    assert_routes_exactly(w.haproxy.http, &b.addrs[..1]).await;
+    assert!(log().contains("HAProxy reloaded"));
+    child.0.kill().unwrap();
+}
