@@ -95,6 +95,8 @@ pub struct Pipeline<V, R> {
     /// The candidate set validation last refused, so it is not re-checked unchanged.
     refused: Option<Vec<Option<String>>>,
     synced: bool,
+    /// Whether an apply has run yet (the first one reloads even when nothing changed).
+    started: bool,
     reload_pending: bool,
     reload_at: Option<Instant>,
     last_reload: Option<Instant>,
@@ -130,6 +132,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             live,
             refused: None,
             synced: false,
+            started: false,
             reload_pending: false,
             reload_at: None,
             last_reload: None,
@@ -218,8 +221,16 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         let changed: Vec<usize> = (0..candidates.len())
             .filter(|&i| candidates[i].is_some() && candidates[i] != self.live[i])
             .collect();
+        let first = !self.started;
+        self.started = true;
         if changed.is_empty() {
             tracing::debug!(?render_time, "rendered; no output changed");
+            if first && self.reload_enabled {
+                // The files may be newer than what HAProxy runs (a previous watcher stopped
+                // between writing and reloading): reload once at start to be sure.
+                tracing::info!("outputs already up to date; reloading once at start");
+                self.schedule_reload();
+            }
             return if errors.is_empty() {
                 Applied::Unchanged
             } else {
@@ -244,13 +255,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                     "configuration updated"
                 );
                 if self.reload_enabled {
-                    self.reload_pending = true;
-                    if self.reload_at.is_none() {
-                        let earliest = self
-                            .last_reload
-                            .map_or(Instant::now(), |t| t + self.timing.min_reload_interval);
-                        self.reload_at = Some(earliest);
-                    }
+                    self.schedule_reload();
                 }
                 Applied::Written(paths)
             }
@@ -295,6 +300,18 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             paths.push(out);
         }
         Ok(paths)
+    }
+
+    /// Marks a reload as wanted, as soon as the minimum interval allows (a pending retry keeps
+    /// its backoff).
+    fn schedule_reload(&mut self) {
+        self.reload_pending = true;
+        if self.reload_at.is_none() {
+            let earliest = self
+                .last_reload
+                .map_or(Instant::now(), |t| t + self.timing.min_reload_interval);
+            self.reload_at = Some(earliest);
+        }
     }
 
     /// Reloads HAProxy; on failure schedules a retry with backoff.

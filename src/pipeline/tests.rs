@@ -131,6 +131,44 @@ async fn first_snapshot_is_due_at_once_and_written_then_reloaded() {
 }
 
 #[tokio::test]
+async fn up_to_date_files_at_start_are_reloaded_once() {
+    let mut s = setup();
+    s.p.handle(snapshot(&["/service/10.0.0.1:80"]), Instant::now());
+    s.p.tick(Instant::now()).await;
+    // A second watcher over the same, already written, files.
+    let mut t = setup();
+    std::fs::copy(&s.out, &t.out).unwrap();
+    t.p = Pipeline::new(
+        Catalog::with_views(
+            vec![ServicePrefix::parse("/service").unwrap()],
+            t.p.renderer.views(),
+        )
+        .unwrap(),
+        Renderer::new(vec![TemplateSpec {
+            template: None,
+            output: t.out.clone(),
+        }])
+        .unwrap(),
+        Some(t.v.clone()),
+        t.r.clone(),
+        true,
+        Timing::default(),
+    )
+    .unwrap();
+    t.p.handle(snapshot(&["/service/10.0.0.1:80"]), Instant::now());
+    t.p.tick(Instant::now()).await;
+    assert_eq!(*t.v.calls.lock().unwrap(), 0, "nothing to validate");
+    assert_eq!(
+        *t.r.attempts.lock().unwrap(),
+        1,
+        "but HAProxy is reloaded once"
+    );
+    t.p.handle(put("/service/10.0.0.1:80", "running"), Instant::now());
+    t.p.apply().await;
+    assert!(!t.p.reload_pending(), "later no-op changes do not reload");
+}
+
+#[tokio::test]
 async fn unchanged_output_is_neither_validated_nor_reloaded() {
     let mut s = setup();
     s.p.handle(snapshot(&["/service/10.0.0.1:80"]), Instant::now());

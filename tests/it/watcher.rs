@@ -453,7 +453,9 @@ async fn watch_behind_compaction_relists() {
     let b = Backends::start(3).await;
     let mut etcd = Etcd::start(dir.path()).await;
     let mut c = etcd.client().await;
-    c.put(format!("/service/{}", b.addrs[0]), "running", None).await.unwrap();
+    c.put(format!("/service/{}", b.addrs[0]), "running", None)
+        .await
+        .unwrap();
     let watcher = Watcher::start(dir.path(), &haproxy, &etcd.url(), &["--etcd-timeout", "1s"]);
     assert_routes_exactly(haproxy.http, &b.addrs[..1]).await;
 
@@ -462,8 +464,12 @@ async fn watch_behind_compaction_relists() {
     watcher.signal("STOP");
     etcd.restart().await;
     let mut c = etcd.client().await;
-    c.delete(format!("/service/{}", b.addrs[0]), None).await.unwrap();
-    c.put(format!("/service/{}", b.addrs[1]), "running", None).await.unwrap();
+    c.delete(format!("/service/{}", b.addrs[0]), None)
+        .await
+        .unwrap();
+    c.put(format!("/service/{}", b.addrs[1]), "running", None)
+        .await
+        .unwrap();
     let rev = c
         .put(format!("/service/{}", b.addrs[2]), "running", None)
         .await
@@ -490,16 +496,25 @@ async fn failed_reload_is_retried_until_it_succeeds() {
     let out = w.haproxy.output.display().to_string();
     let base = w.haproxy.base.display().to_string();
     let mut c = std::process::Command::new(WATCHER);
-    c.args(["--etcd", &w.etcd.url(), "--output", &out, "--haproxy-config", &base])
-        .args(["--reload-cmd", &cmd, "--debounce", "50ms"])
-        .envs(w.haproxy.env.iter().cloned())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(w.path().join("retry.log")).unwrap());
+    c.args([
+        "--etcd",
+        &w.etcd.url(),
+        "--output",
+        &out,
+        "--haproxy-config",
+        &base,
+    ])
+    .args(["--reload-cmd", &cmd, "--debounce", "50ms"])
+    .envs(w.haproxy.env.iter().cloned())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::fs::File::create(w.path().join("retry.log")).unwrap());
     let mut child = ChildGuard(c.spawn().unwrap());
     let log = || std::fs::read_to_string(w.path().join("retry.log")).unwrap_or_default();
-    eventually(Duration::from_secs(10), "two failed reload attempts", || async {
-        log().matches("HAProxy reload failed").count() >= 2
-    })
+    eventually(
+        Duration::from_secs(10),
+        "two failed reload attempts",
+        || async { log().matches("HAProxy reload failed").count() >= 2 },
+    )
     .await;
     assert_routes_exactly(w.haproxy.http, &[]).await;
     std::fs::write(&gate, "").unwrap();
