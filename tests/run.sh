@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit, property and integration tests against a real etcd,
 # a real HAProxy and real HTTP traffic. Installs what the tests need from Debian packages when
-# it is missing (etcd, HAProxy, protoc for etcd-client's build), then runs `cargo test`.
+# it is missing (etcd, HAProxy, protoc for etcd-client's build, openssl for test certificates),
+# then runs `cargo test`.
 #
 #   bash tests/run.sh            # everything
 #   bash tests/run.sh burst      # only tests whose name contains "burst"
@@ -13,6 +14,7 @@ command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
+command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then
   echo "==> installing ${need[*]} (Debian packages)"
   sudo=""
