@@ -670,3 +670,28 @@ async fn etcd_over_tls_with_password_auth() {
     let _watcher = Watcher::start(d, &haproxy, &url, &good);
     assert_routes_exactly(haproxy.http, &b.addrs).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_fallback_example_template_is_valid_and_serves_its_page() {
+    let mut w = World::new().await;
+    let b = Backends::start(2).await;
+    let t = format!("{REPO}/templates/maintenance-fallback.cfg.tera");
+    let out = w.haproxy.output.display().to_string();
+    let _watcher = w.watcher(&["--template", &t, "--output", &out]);
+    // No endpoint: the maintenance page, from a configuration HAProxy accepted.
+    eventually(Duration::from_secs(10), "maintenance page", || async {
+        get(w.haproxy.http)
+            .await
+            .is_some_and(|r| r.status == 503 && r.body.contains("down for maintenance"))
+    })
+    .await;
+    w.put(&b.key(0), "running").await;
+    w.put(&b.key(1), r#"{"tags":["canary"]}"#).await;
+    assert_routes_exactly(w.haproxy.http, &b.addrs).await;
+    let text = std::fs::read_to_string(&w.haproxy.output).unwrap();
+    assert!(
+        text.contains(&format!("{} check weight 1\n", b.addrs[1])),
+        "{text}"
+    );
+    assert!(!text.contains("down for maintenance"), "{text}");
+}
