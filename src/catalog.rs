@@ -344,7 +344,7 @@ impl Catalog {
         out
     }
 
-    /// The context as JSON (for `--dump-context` style debugging and tests).
+    /// The template context as JSON (`Null` unless the catalog keeps it).
     pub fn context_json(&self) -> &Value {
         &self.root
     }

@@ -56,12 +56,17 @@ impl Staged {
     }
 }
 
-/// Reads the live file; a missing file reads as `None`.
+/// Reads the live file; a missing file reads as `None`, and so does one that is not UTF-8
+/// (it differs from any render, so it gets replaced). Other errors name the file.
 pub fn read_live(path: &Path) -> std::io::Result<Option<String>> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Ok(None),
+        Err(e) => Err(std::io::Error::new(
+            e.kind(),
+            format!("--output {}: {e}", path.display()),
+        )),
     }
 }
 

@@ -69,16 +69,28 @@ fn parse_error_position(msg: &str) -> Option<(usize, usize)> {
     Some((l.parse().ok()?, c.parse().ok()?))
 }
 
-/// For a render error naming an expression in backticks, the first line that mentions it.
+/// For a render error naming an expression in backticks, the line that holds it as a whole
+/// word; `None` unless exactly one line does (a wrong line is worse than none).
 fn render_error_line(msg: &str, source: &str) -> Option<usize> {
     let start = msg.find('`')? + 1;
     let len = msg[start..].find('`')?;
     let needle = &msg[start..start + len];
-    let needle = needle.split(['.', '[']).next().unwrap_or(needle);
-    source
-        .lines()
-        .position(|l| l.contains(needle))
-        .map(|i| i + 1)
+    if needle.is_empty() {
+        return None;
+    }
+    let word = |c: char| c.is_alphanumeric() || c == '_' || c == '.';
+    let holds = |line: &str| {
+        line.match_indices(needle).any(|(at, _)| {
+            let before = line[..at].chars().next_back();
+            let after = line[at + needle.len()..].chars().next();
+            !before.is_some_and(word) && !after.is_some_and(word)
+        })
+    };
+    let mut lines = source.lines().enumerate().filter(|(_, l)| holds(l));
+    match (lines.next(), lines.next()) {
+        (Some((i, _)), None) => Some(i + 1),
+        _ => None,
+    }
 }
 
 fn parse_template(name: &str, source: &str) -> Result<(), TemplateError> {
@@ -144,6 +156,11 @@ impl Renderer {
                 .map_err(|e| TemplateError(format!("{name}: cannot read: {e}")))?;
             if source == self.sources[i] {
                 continue;
+            }
+            if source.trim().is_empty() {
+                return Err(TemplateError(format!(
+                    "{name}: the file is empty (still being written?)"
+                )));
             }
             parse_template(&name, &source)?;
             self.tera
@@ -339,6 +356,18 @@ mod tests {
         assert!(
             err.starts_with(&format!("{}:3:", f.path().display())),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn render_error_line_is_the_expression_not_a_prefix_of_it() {
+        let source = "# e e.x\n{% for e in list %}\n  {{ e.weigth }}\n{% endfor %}\n";
+        let msg = "Variable `e.weigth` not found in context while rendering 't'";
+        assert_eq!(render_error_line(msg, source), Some(3));
+        assert_eq!(
+            render_error_line("Variable `e` not found", source),
+            None,
+            "ambiguous"
         );
     }
 

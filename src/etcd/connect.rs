@@ -63,6 +63,8 @@ impl EtcdArgs {
         if !tls && (self.etcd_ca.is_some() || self.etcd_cert.is_some()) {
             bail!("--etcd-ca/--etcd-cert given, but no --etcd endpoint is https://");
         }
+        // Unreadable certificate files are a flag error, not "etcd unreachable".
+        self.tls_options()?;
         Ok(())
     }
 
@@ -94,7 +96,9 @@ impl EtcdArgs {
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(self.etcd_timeout)
             .with_keep_alive(Duration::from_secs(5), self.etcd_timeout)
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            // A member cut off from the quorum cancels the watch instead of going silent.
+            .with_require_leader(true);
         if let Some(tls) = self.tls_options()? {
             opts = opts.with_tls(tls);
         }

@@ -78,18 +78,22 @@ pub struct MasterSocket {
 }
 
 impl MasterSocket {
-    /// Sends one command and reads the answer until the master closes the connection.
+    /// Sends one command and reads the answer until the master closes the connection; one
+    /// attempt takes at most a second (the master answers in microseconds when it answers).
     pub async fn command(&self, cmd: &str) -> std::io::Result<String> {
-        let mut s = UnixStream::connect(&self.path).await?;
-        s.write_all(cmd.as_bytes()).await?;
-        s.write_all(b"\n").await?;
-        // The master answers once the request side is closed, then closes its side.
-        s.shutdown().await?;
-        let mut out = String::new();
-        tokio::time::timeout(self.timeout, s.read_to_string(&mut out))
+        let attempt = async {
+            let mut s = UnixStream::connect(&self.path).await?;
+            s.write_all(cmd.as_bytes()).await?;
+            s.write_all(b"\n").await?;
+            // The master answers once the request side is closed, then closes its side.
+            s.shutdown().await?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).await?;
+            Ok(out)
+        };
+        tokio::time::timeout(Duration::from_secs(1).min(self.timeout), attempt)
             .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
-        Ok(out)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))?
     }
 
     /// `show proc`, retried while the master is re-executing (connection refused).
@@ -97,16 +101,23 @@ impl MasterSocket {
         let deadline = Instant::now() + self.timeout;
         loop {
             match self.command("show proc").await {
-                Ok(text) if !text.trim().is_empty() => return ProcList::parse(&text),
+                Ok(text) if !text.trim().is_empty() => {
+                    return ProcList::parse(&text).map_err(|e| {
+                        format!(
+                            "--master-socket {}: {e} (is it HAProxy's master socket, -S?)",
+                            self.path.display()
+                        )
+                    })
+                }
                 Ok(_) => {}
                 Err(e) if Instant::now() >= deadline => {
-                    return Err(format!("master socket {}: {e}", self.path.display()))
+                    return Err(format!("--master-socket {}: {e}", self.path.display()))
                 }
                 Err(_) => {}
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "master socket {}: empty answer to `show proc`",
+                    "--master-socket {}: empty answer to `show proc`",
                     self.path.display()
                 ));
             }
@@ -128,9 +139,12 @@ impl MasterSocket {
     /// Reloads and waits for the outcome; returns the new worker's PID.
     pub async fn reload(&self) -> Result<u32, String> {
         let before = self.show_proc().await?;
-        self.send_reload()
-            .await
-            .map_err(|e| format!("master socket {}: sending reload: {e}", self.path.display()))?;
+        self.send_reload().await.map_err(|e| {
+            format!(
+                "--master-socket {}: sending reload: {e}",
+                self.path.display()
+            )
+        })?;
         let deadline = Instant::now() + self.timeout;
         loop {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -155,7 +169,7 @@ impl MasterSocket {
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "no new HAProxy worker within {:?} after reload (master socket {})",
+                    "no new HAProxy worker within {:?} after reload (--master-socket {})",
                     self.timeout,
                     self.path.display()
                 ));

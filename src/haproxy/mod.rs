@@ -7,4 +7,4 @@ mod validate;
 
 pub use master::{MasterSocket, ProcList};
 pub use reload::{Reload, Reloader};
-pub use validate::{find_binary, Validate, Validator};
+pub use validate::{find_binary, CheckError, Validate, Validator};

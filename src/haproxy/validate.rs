@@ -4,14 +4,37 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::process::Command;
 
+/// Why a candidate did not pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckError {
+    /// HAProxy refused the configuration; checking it again unchanged is pointless.
+    Refused(String),
+    /// The check could not run (timeout, missing binary, I/O); worth retrying.
+    Transient(String),
+}
+
+impl std::fmt::Display for CheckError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckError::Refused(m) | CheckError::Transient(m) => f.write_str(m),
+        }
+    }
+}
+
 /// Checks a set of configuration files the way HAProxy will load them.
 pub trait Validate {
-    /// `files` are passed in order as `-f`, after the base configuration. On failure the error
-    /// holds HAProxy's own message.
+    /// `files` are passed in order as `-f`, after the base configuration. A refusal holds
+    /// HAProxy's own message.
     fn validate(
         &self,
         files: &[PathBuf],
-    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+    ) -> impl std::future::Future<Output = Result<(), CheckError>> + Send;
+
+    /// Something that changes when the base configuration does (so a refused candidate is
+    /// checked again after the operator fixed the base).
+    fn base_fingerprint(&self) -> Option<std::time::SystemTime> {
+        None
+    }
 }
 
 /// `haproxy -c -f <base> -f <file>...`.
@@ -33,7 +56,7 @@ fn summarize(out: &[u8]) -> String {
 }
 
 impl Validate for Validator {
-    async fn validate(&self, files: &[PathBuf]) -> Result<(), String> {
+    async fn validate(&self, files: &[PathBuf]) -> Result<(), CheckError> {
         let mut cmd = Command::new(&self.haproxy_bin);
         cmd.arg("-c");
         for f in self.base.iter().chain(files) {
@@ -42,13 +65,18 @@ impl Validate for Validator {
         cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
         let out = match tokio::time::timeout(self.timeout, cmd.output()).await {
             Err(_) => {
-                return Err(format!(
+                return Err(CheckError::Transient(format!(
                     "`{} -c` timed out after {:?}",
                     self.haproxy_bin.display(),
                     self.timeout
-                ))
+                )))
             }
-            Ok(Err(e)) => return Err(format!("cannot run {}: {e}", self.haproxy_bin.display())),
+            Ok(Err(e)) => {
+                return Err(CheckError::Transient(format!(
+                    "cannot run {}: {e}",
+                    self.haproxy_bin.display()
+                )))
+            }
             Ok(Ok(out)) => out,
         };
         if out.status.success() {
@@ -62,10 +90,15 @@ impl Validate for Validator {
             }
             msg.push_str(&stdout);
         }
-        Err(format!(
+        Err(CheckError::Refused(format!(
             "haproxy -c rejected the candidate ({}): {msg}",
             out.status
-        ))
+        )))
+    }
+
+    fn base_fingerprint(&self) -> Option<std::time::SystemTime> {
+        let base = self.base.as_ref()?;
+        std::fs::metadata(base).and_then(|m| m.modified()).ok()
     }
 }
 

@@ -45,6 +45,13 @@ impl Debounce {
         self.last_change = Some(now);
     }
 
+    /// Records a change that must not be applied at once even after a quiet stretch (a
+    /// template file being written: the first event may be its truncation).
+    pub fn change_settling(&mut self, now: Instant) {
+        self.change(now);
+        self.leading = false;
+    }
+
     /// When the pending changes are due, or `None` when nothing is pending.
     pub fn due(&self) -> Option<Instant> {
         let first = self.first_pending?;
@@ -53,10 +60,6 @@ impl Debounce {
         }
         let last = self.last_change.unwrap_or(first);
         Some((last + self.quiet).min(first + self.max_wait))
-    }
-
-    pub fn is_pending(&self) -> bool {
-        self.first_pending.is_some()
     }
 
     /// The pending changes were applied.

@@ -16,7 +16,7 @@ pub mod debounce;
 use crate::backoff::Backoff;
 use crate::catalog::Catalog;
 use crate::etcd::WatchEvent;
-use crate::haproxy::{Reload, Validate};
+use crate::haproxy::{CheckError, Reload, Validate};
 use crate::output::{read_live, Staged};
 use crate::render::Renderer;
 use debounce::Debounce;
@@ -92,9 +92,17 @@ pub struct Pipeline<V, R> {
     debounce: Debounce,
     /// Content of each output as last written (or found at start).
     live: Vec<Option<String>>,
-    /// The candidate set validation last refused, so it is not re-checked unchanged.
-    refused: Option<Vec<Option<String>>>,
+    /// The candidate set HAProxy last refused (with the base config's fingerprint then), so
+    /// it is not re-checked unchanged.
+    refused: Option<(Vec<Option<String>>, Option<std::time::SystemTime>)>,
+    /// When to retry an apply that failed for a passing reason (I/O, a check that timed out).
+    apply_retry_at: Option<Instant>,
+    apply_retry: Backoff,
+    /// Render errors of the last apply (an output whose template failed keeps its live file).
+    pub render_errors: Vec<String>,
     synced: bool,
+    /// Template files changed on disk since the last apply.
+    templates_touched: std::collections::BTreeSet<PathBuf>,
     /// Whether an apply has run yet (the first one reloads even when nothing changed).
     started: bool,
     reload_pending: bool,
@@ -128,10 +136,14 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             reload_enabled,
             debounce: Debounce::new(timing.debounce, timing.debounce_max),
             retry: Backoff::new(timing.retry_min, timing.retry_max),
+            apply_retry: Backoff::new(timing.retry_min, timing.retry_max),
             timing,
             live,
             refused: None,
+            apply_retry_at: None,
+            render_errors: Vec::new(),
             synced: false,
+            templates_touched: Default::default(),
             started: false,
             reload_pending: false,
             reload_at: None,
@@ -148,18 +160,12 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                 self.synced |= first;
                 self.catalog.apply(ev) || first
             }
-            Input::Template(path) => match self.renderer.reload(&path) {
-                Ok(changed) => {
-                    if changed {
-                        tracing::info!(template = %path.display(), "template changed on disk");
-                    }
-                    changed
-                }
-                Err(e) => {
-                    tracing::error!(template = %path.display(), error = %e, "template rejected; the last good version stays in use");
-                    false
-                }
-            },
+            Input::Template(path) => {
+                // Read it once it has settled: the first event may be its truncation.
+                self.templates_touched.insert(path);
+                self.debounce.change_settling(now);
+                return true;
+            }
         };
         if dirty {
             self.debounce.change(now);
@@ -167,10 +173,26 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         dirty
     }
 
+    /// Re-reads the templates touched on disk; a broken one keeps its last good version.
+    fn reload_templates(&mut self) {
+        for path in std::mem::take(&mut self.templates_touched) {
+            match self.renderer.reload(&path) {
+                Ok(true) => tracing::info!(template = %path.display(), "template changed on disk"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(template = %path.display(), error = %e, "template rejected; the last good version stays in use")
+                }
+            }
+        }
+    }
+
     /// When the pending changes should be rendered: debounced and, while reloads are rate
     /// limited, held back too so that they coalesce.
     fn apply_due(&self) -> Option<Instant> {
-        let due = self.debounce.due()?;
+        let due = match (self.debounce.due(), self.apply_retry_at) {
+            (Some(d), Some(r)) => d.min(r),
+            (d, r) => d.or(r)?,
+        };
         Some(match (self.reload_enabled, self.last_reload) {
             (true, Some(last)) => due.max(last + self.timing.min_reload_interval),
             _ => due,
@@ -190,6 +212,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
     pub async fn tick(&mut self, now: Instant) {
         if self.apply_due().is_some_and(|d| d <= now) {
             self.debounce.applied();
+            self.apply_retry_at = None;
             self.apply().await;
         }
         if self.reload_pending && self.reload_at.is_some_and(|t| t <= Instant::now()) {
@@ -203,17 +226,18 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             return Applied::NotSynced;
         }
         self.stats.applies += 1;
+        self.reload_templates();
         let started = Instant::now();
         let rendered = self.renderer.render_all(&mut self.catalog);
         let render_time = started.elapsed();
         let mut candidates: Vec<Option<String>> = Vec::with_capacity(rendered.len());
-        let mut errors = Vec::new();
+        self.render_errors.clear();
         for (i, r) in rendered.into_iter().enumerate() {
             match r {
                 Ok(text) => candidates.push(Some(text)),
                 Err(e) => {
                     tracing::error!(error = %e, output = %self.renderer.specs()[i].output.display(), "render failed; keeping the live file");
-                    errors.push(e.0);
+                    self.render_errors.push(e.0);
                     candidates.push(self.live[i].clone());
                 }
             }
@@ -231,21 +255,35 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                 tracing::info!("outputs already up to date; reloading once at start");
                 self.schedule_reload();
             }
-            return if errors.is_empty() {
+            return if self.render_errors.is_empty() {
                 Applied::Unchanged
             } else {
-                Applied::Rejected(errors.join("; "))
+                Applied::Rejected(self.render_errors.join("; "))
             };
         }
-        if self.refused.as_ref() == Some(&candidates) {
+        let base = self.validator.as_ref().and_then(|v| v.base_fingerprint());
+        if self
+            .refused
+            .as_ref()
+            .is_some_and(|(c, b)| *c == candidates && *b == base)
+        {
             return Applied::Rejected("candidate unchanged since haproxy -c refused it".into());
         }
-        match self.validate_and_write(&candidates, &changed).await {
-            Ok(paths) => {
+        let (written, result) = self.validate_and_write(&candidates, &changed).await;
+        for &i in &written {
+            self.live[i] = candidates[i].clone();
+        }
+        if !written.is_empty() && self.reload_enabled {
+            self.schedule_reload();
+        }
+        match result {
+            Ok(()) => {
+                let paths: Vec<PathBuf> = written
+                    .iter()
+                    .map(|&i| self.renderer.specs()[i].output.clone())
+                    .collect();
                 self.refused = None;
-                for &i in &changed {
-                    self.live[i] = candidates[i].take();
-                }
+                self.apply_retry.reset();
                 self.stats.writes += 1;
                 tracing::info!(
                     outputs = ?paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
@@ -254,33 +292,42 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                     total_time = ?started.elapsed(),
                     "configuration updated"
                 );
-                if self.reload_enabled {
-                    self.schedule_reload();
-                }
                 Applied::Written(paths)
             }
-            Err(e) => {
-                self.refused = Some(candidates);
+            Err(CheckError::Refused(e)) => {
+                self.refused = Some((candidates, base));
                 self.stats.validation_failures += 1;
                 tracing::error!(error = %e, "candidate configuration rejected; the live configuration keeps serving");
+                Applied::Rejected(e)
+            }
+            Err(CheckError::Transient(e)) => {
+                let delay = self.apply_retry.next_delay();
+                self.apply_retry_at = Some(Instant::now() + delay);
+                tracing::error!(error = %e, retry_in = ?delay, "could not apply the new configuration; will retry");
                 Applied::Rejected(e)
             }
         }
     }
 
+    /// Stages the changed outputs, validates the whole set, then renames each over its live
+    /// file. Returns the outputs replaced (some, if a rename failed midway) and the outcome.
     async fn validate_and_write(
-        &mut self,
+        &self,
         candidates: &[Option<String>],
         changed: &[usize],
-    ) -> Result<Vec<PathBuf>, String> {
+    ) -> (Vec<usize>, Result<(), CheckError>) {
         let specs = self.renderer.specs();
         let mut staged = Vec::with_capacity(changed.len());
         for &i in changed {
             let out = &specs[i].output;
             let text = candidates[i].as_deref().unwrap_or_default();
-            let s = Staged::write(out, text)
-                .map_err(|e| format!("output {}: cannot write a candidate: {e}", out.display()))?;
-            staged.push((i, s));
+            match Staged::write(out, text) {
+                Ok(s) => staged.push((i, s)),
+                Err(e) => {
+                    let msg = format!("--output {}: cannot write a candidate: {e}", out.display());
+                    return (Vec::new(), Err(CheckError::Transient(msg)));
+                }
+            }
         }
         if let Some(v) = &self.validator {
             let files: Vec<PathBuf> = (0..specs.len())
@@ -290,16 +337,39 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                     None => None,
                 })
                 .collect();
-            v.validate(&files).await?;
+            if let Err(e) = v.validate(&files).await {
+                // Name the output and template instead of the temporary file, which is gone.
+                let name = |msg: String| {
+                    staged.iter().fold(msg, |m, (i, s)| {
+                        m.replace(
+                            &s.path().display().to_string(),
+                            &format!(
+                                "{} (candidate from {})",
+                                specs[*i].output.display(),
+                                specs[*i].name()
+                            ),
+                        )
+                    })
+                };
+                let e = match e {
+                    CheckError::Refused(m) => CheckError::Refused(name(m)),
+                    CheckError::Transient(m) => CheckError::Transient(name(m)),
+                };
+                return (Vec::new(), Err(e));
+            }
         }
-        let mut paths = Vec::with_capacity(staged.len());
+        let mut written = Vec::with_capacity(staged.len());
         for (i, s) in staged {
-            let out = specs[i].output.clone();
-            s.commit()
-                .map_err(|e| format!("output {}: cannot replace: {e}", out.display()))?;
-            paths.push(out);
+            if let Err(e) = s.commit() {
+                let msg = format!(
+                    "--output {}: cannot replace: {e}",
+                    specs[i].output.display()
+                );
+                return (written, Err(CheckError::Transient(msg)));
+            }
+            written.push(i);
         }
-        Ok(paths)
+        (written, Ok(()))
     }
 
     /// Marks a reload as wanted, as soon as the minimum interval allows (a pending retry keeps
@@ -330,7 +400,8 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             }
             Err(e) => {
                 self.stats.reload_failures += 1;
-                let delay = self.retry.next_delay();
+                // Each retry is a real reload for HAProxy: never faster than the interval.
+                let delay = self.retry.next_delay().max(self.timing.min_reload_interval);
                 self.reload_at = Some(Instant::now() + delay);
                 tracing::error!(error = %e, retry_in = ?delay, "HAProxy reload failed; will retry");
                 false
@@ -353,8 +424,13 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         loop {
             let due = self.next_due();
             if due.is_some_and(|d| d <= Instant::now()) {
-                // Due now: no timer (tokio's have millisecond granularity).
-                self.tick(Instant::now()).await;
+                // Due now: no timer (tokio's have millisecond granularity). A stuck
+                // validation or reload still gives way to a shutdown.
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown => break,
+                    _ = self.tick(Instant::now()) => {}
+                }
                 continue;
             }
             tokio::select! {
@@ -369,9 +445,8 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                         self.handle(more, now);
                     }
                 }
-                _ = sleep_until_opt(due) => {
-                    self.tick(Instant::now()).await;
-                }
+                // Due: the top of the loop runs it.
+                _ = sleep_until_opt(due) => {}
             }
         }
         self.stats

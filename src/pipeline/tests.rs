@@ -7,22 +7,35 @@ use crate::keys::ServicePrefix;
 use crate::render::{Renderer, TemplateSpec};
 use std::sync::{Arc, Mutex};
 
-/// Refuses candidates that contain `refuse`; records what it was asked to check.
+/// Refuses candidates that contain `refuse`; fails to run `unavailable` more times; records
+/// what it was asked to check.
 #[derive(Clone, Default)]
 struct FakeValidator {
     refuse: Arc<Mutex<Option<String>>>,
+    unavailable: Arc<Mutex<u32>>,
     calls: Arc<Mutex<usize>>,
 }
 
 impl Validate for FakeValidator {
-    async fn validate(&self, files: &[PathBuf]) -> Result<(), String> {
+    async fn validate(&self, files: &[PathBuf]) -> Result<(), CheckError> {
         *self.calls.lock().unwrap() += 1;
+        {
+            let mut u = self.unavailable.lock().unwrap();
+            if *u > 0 {
+                *u -= 1;
+                return Err(CheckError::Transient("haproxy -c timed out".into()));
+            }
+        }
         let refuse = self.refuse.lock().unwrap().clone();
         for f in files {
-            let text = std::fs::read_to_string(f).map_err(|e| e.to_string())?;
+            let text =
+                std::fs::read_to_string(f).map_err(|e| CheckError::Transient(e.to_string()))?;
             if let Some(r) = &refuse {
                 if text.contains(r.as_str()) {
-                    return Err(format!("[{}:3] unknown keyword", f.display()));
+                    return Err(CheckError::Refused(format!(
+                        "[{}:3] unknown keyword",
+                        f.display()
+                    )));
                 }
             }
         }
@@ -172,12 +185,17 @@ async fn up_to_date_files_at_start_are_reloaded_once() {
 async fn unchanged_output_is_neither_validated_nor_reloaded() {
     let mut s = setup();
     s.p.handle(snapshot(&["/service/10.0.0.1:80"]), Instant::now());
-    assert!(matches!(s.p.apply().await, Applied::Written(_)));
-    let calls = *s.v.calls.lock().unwrap();
-    // An empty snapshot of a service followed by the same state again: no net change.
-    s.p.handle(snapshot(&["/service/10.0.0.1:80"]), Instant::now());
+    s.p.tick(Instant::now()).await;
+    let (calls, reloads) = (*s.v.calls.lock().unwrap(), *s.r.attempts.lock().unwrap());
+    // A metadata change that renders the same bytes (weight 100 is the default).
+    assert!(s.p.handle(
+        put("/service/10.0.0.1:80", r#"{"weight":100}"#),
+        Instant::now()
+    ));
     assert_eq!(s.p.apply().await, Applied::Unchanged);
+    s.p.tick(Instant::now() + Duration::from_secs(5)).await;
     assert_eq!(*s.v.calls.lock().unwrap(), calls);
+    assert_eq!(*s.r.attempts.lock().unwrap(), reloads);
 }
 
 #[tokio::test]
@@ -189,7 +207,11 @@ async fn refused_candidate_keeps_the_live_file_and_is_not_rechecked() {
     let live = std::fs::read_to_string(&s.out).unwrap();
     *s.v.refuse.lock().unwrap() = Some("10.0.0.2".into());
     s.p.handle(put("/service/10.0.0.2:80", "running"), Instant::now());
-    assert!(matches!(s.p.apply().await, Applied::Rejected(e) if e.contains("unknown keyword")));
+    let out = s.out.display().to_string();
+    assert!(
+        matches!(s.p.apply().await, Applied::Rejected(e) if e.contains("unknown keyword") && e.contains(&format!("[{out} (candidate from"))),
+        "HAProxy's message names the output, not the deleted temporary file"
+    );
     assert_eq!(std::fs::read_to_string(&s.out).unwrap(), live);
     assert!(!s.p.reload_pending(), "no reload after a refused candidate");
     let calls = *s.v.calls.lock().unwrap();
@@ -281,10 +303,51 @@ async fn broken_template_edit_keeps_the_last_good_template() {
     p.handle(snapshot(&[]), Instant::now());
     p.apply().await;
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "v1 1\n");
-    std::fs::write(&tpl, "{% if %}").unwrap();
-    assert!(!p.handle(Input::Template(tpl.clone()), Instant::now()));
+    // A truncation (the first event of a rewrite) and a broken edit both keep v1.
+    for broken in ["", "{% if %}"] {
+        std::fs::write(&tpl, broken).unwrap();
+        let now = Instant::now();
+        assert!(p.handle(Input::Template(tpl.clone()), now));
+        assert!(
+            p.next_due().unwrap() > now,
+            "a template edit waits for the file to settle"
+        );
+        p.apply().await;
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "v1 1\n");
+    }
     std::fs::write(&tpl, "v2\n").unwrap();
-    assert!(p.handle(Input::Template(tpl), Instant::now()));
+    p.handle(Input::Template(tpl), Instant::now());
     p.apply().await;
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "v2\n");
+}
+
+#[tokio::test]
+async fn transient_check_failure_is_retried_without_a_new_change() {
+    let mut s = setup();
+    *s.v.unavailable.lock().unwrap() = 1;
+    s.p.handle(snapshot(&["/service/10.0.0.1:80"]), Instant::now());
+    s.p.tick(Instant::now()).await;
+    assert!(
+        !s.out.exists(),
+        "nothing written while the check could not run"
+    );
+    let retry = s.p.next_due().expect("a retry is scheduled");
+    tokio::time::sleep_until(retry.into()).await;
+    s.p.tick(Instant::now()).await;
+    assert!(std::fs::read_to_string(&s.out)
+        .unwrap()
+        .contains("10.0.0.1_80"));
+    assert_eq!(*s.r.attempts.lock().unwrap(), 1);
+}
+
+#[tokio::test]
+async fn reload_retries_respect_the_minimum_interval() {
+    let mut s = setup();
+    *s.r.fail.lock().unwrap() = 1;
+    s.p.handle(snapshot(&["/service/10.0.0.1:80"]), Instant::now());
+    s.p.tick(Instant::now()).await;
+    let retry = s.p.next_due().unwrap();
+    assert!(
+        retry >= Instant::now() + Timing::default().min_reload_interval - Duration::from_millis(20)
+    );
 }

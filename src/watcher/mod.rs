@@ -130,7 +130,12 @@ async fn one_shot(
         list_services(&client, &prefixes, 0),
     )
     .await
-    .map_err(|_| anyhow!("listing services from etcd timed out"))??;
+    .map_err(|_| {
+        anyhow!(
+            "listing services from etcd at {} timed out (4 × --etcd-timeout)",
+            args.etcd.endpoints.join(",")
+        )
+    })??;
     pipeline.handle(Input::Etcd(snapshot), std::time::Instant::now());
     if args.dry_run {
         let mut failed = false;
@@ -165,6 +170,10 @@ async fn one_shot(
         Applied::Unchanged => tracing::info!("--once: outputs already up to date"),
         Applied::Written(paths) => tracing::info!(?paths, "--once: written"),
         Applied::NotSynced => bail!("--once: no data from etcd"),
+    }
+    if !pipeline.render_errors.is_empty() {
+        tracing::error!(errors = ?pipeline.render_errors, "--once: a template did not render");
+        return Ok(ExitCode::FAILURE);
     }
     if pipeline.reload_pending() && !pipeline.reload().await {
         return Ok(ExitCode::FAILURE);

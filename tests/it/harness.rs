@@ -77,15 +77,16 @@ pub struct Etcd {
 
 impl Etcd {
     pub async fn start(dir: &Path) -> Etcd {
+        Self::start_on(dir, free_port()).await
+    }
+
+    /// A single-member etcd serving clients on `client_port`.
+    pub async fn start_on(dir: &Path, client_port: u16) -> Etcd {
         let peer_port = free_port();
         let name = "default".to_string();
         let cluster = format!("{name}=http://127.0.0.1:{peer_port}");
-        Self::start_member(dir, name, peer_port, cluster).await
-    }
-
-    async fn start_member(dir: &Path, name: String, peer_port: u16, cluster: String) -> Etcd {
         let mut e = Etcd {
-            client_port: free_port(),
+            client_port,
             peer_port,
             data: dir.join(format!("etcd-{name}")),
             log: dir.join(format!("etcd-{name}.log")),

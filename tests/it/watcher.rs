@@ -36,7 +36,7 @@ async fn lease_expiry_removes_the_backend() {
     let mut w = World::new().await;
     let b = Backends::start(2).await;
     w.put(&b.key(0), "running").await;
-    let lease = w.client.lease_grant(2, None).await.unwrap().id();
+    let lease = w.client.lease_grant(5, None).await.unwrap().id();
     w.client
         .put(
             b.key(1),
@@ -216,7 +216,7 @@ async fn etcd_restart_mid_run_and_absent_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let haproxy = Haproxy::start(dir.path()).await;
     let b = Backends::start(3).await;
-    // etcd is not there yet: the watcher waits and retries.
+    // etcd is not there yet: the watcher waits, retries, and converges once it is.
     let port = free_port();
     let watcher = Watcher::start(
         dir.path(),
@@ -225,14 +225,11 @@ async fn etcd_restart_mid_run_and_absent_at_start() {
         &[],
     );
     watcher.wait_log("etcd unreachable").await;
-    drop(watcher);
-
-    let mut etcd = Etcd::start(dir.path()).await;
+    let mut etcd = Etcd::start_on(dir.path(), port).await;
     let mut c = etcd.client().await;
     c.put(format!("/service/{}", b.addrs[0]), "running", None)
         .await
         .unwrap();
-    let watcher = Watcher::start(dir.path(), &haproxy, &etcd.url(), &[]);
     assert_routes_exactly(haproxy.http, &b.addrs[..1]).await;
 
     // etcd dies: HAProxy keeps serving the last good config.
@@ -314,6 +311,7 @@ async fn unchanged_render_causes_no_write_and_no_reload() {
     // Same value again, a key outside the layout, a value rewrite with the same meaning.
     w.put(&b.key(0), "running").await;
     w.put("/service/not-an-endpoint", "running").await;
+    w.put(&b.key(0), r#"{"weight":100}"#).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(w.haproxy.show_proc().await.reloads, before.reloads);
     assert_eq!(
