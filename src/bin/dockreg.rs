@@ -10,9 +10,6 @@ fn main() -> ExitCode {
         eprintln!("dockreg: --key: {e}");
         return ExitCode::from(2);
     }
-    eprintln!(
-        "dockreg: registration is not implemented yet; flags parsed for service {:?}, port {}",
-        args.key, args.port
-    );
+    eprintln!("dockreg: not implemented yet");
     ExitCode::FAILURE
 }

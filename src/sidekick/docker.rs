@@ -1,0 +1,1 @@
+//! Docker port discovery (placeholder; being written).
