@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit, property and integration tests against a real etcd,
 # a real HAProxy and real HTTP traffic. Installs what the tests need from Debian packages when
-# it is missing (etcd, HAProxy, protoc for etcd-client's build, openssl for test certificates),
+# it is missing (etcd, HAProxy, protoc for etcd-client's build, openssl for test certificates,
+# a static busybox for the sidekick's test image),
 # then runs `cargo test`.
 #
 #   bash tests/run.sh            # everything
@@ -15,6 +16,12 @@ command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v openssl >/dev/null || need+=(openssl)
+docker_ok=false
+if command -v docker >/dev/null && docker version >/dev/null 2>&1; then
+  docker_ok=true
+  # The sidekick tests build a FROM-scratch image: a static busybox is the app.
+  [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || need+=(busybox-static)
+fi
 if ((${#need[@]})); then
   echo "==> installing ${need[*]} (Debian packages)"
   sudo=""
@@ -24,4 +31,13 @@ if ((${#need[@]})); then
 fi
 # The Debian packages may start system services; the tests start their own on free ports.
 echo "==> etcd $(etcd --version | head -1 | awk '{print $3}'), $(haproxy -v | head -1 | awk '{print $1, $3}')"
+if $docker_ok; then
+  # The sidekick image needs a statically linked dockreg; build it up front (its own target
+  # folder) so the first Docker test does not sit silent through a release build.
+  echo "==> building a static dockreg for the test image"
+  RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --bin dockreg \
+    --target x86_64-unknown-linux-gnu --target-dir target/static
+else
+  echo "==> no Docker engine reachable: the sidekick container tests will skip (they fail under CI=true)"
+fi
 cargo test --all-targets "$@"

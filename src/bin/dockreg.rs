@@ -1,15 +1,30 @@
-//! `dockreg`: the registration sidekick (command line only so far).
+//! `dockreg`: the registration sidekick.
 
-use clap::Parser;
-use dockreg::sidekick::SidekickArgs;
+use clap::{parser::ValueSource, CommandFactory, FromArgMatches};
+use dockreg::sidekick::{run, SidekickArgs};
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
-    let args = SidekickArgs::parse();
-    if let Err(e) = args.prefix() {
-        eprintln!("dockreg: --key: {e}");
+#[tokio::main]
+async fn main() -> ExitCode {
+    let matches = SidekickArgs::command().get_matches();
+    let args = match SidekickArgs::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    dockreg::runtime::init_logging(args.log_format);
+    // The watcher may default to a local etcd; a sidekick must be told where etcd is.
+    if matches.value_source("endpoints") == Some(ValueSource::DefaultValue) {
+        eprintln!(
+            "dockreg: --etcd is required (or DOCKREG_ETCD): the etcd endpoints, comma-separated"
+        );
         return ExitCode::from(2);
     }
-    eprintln!("dockreg: not implemented yet");
-    ExitCode::FAILURE
+    match run(args).await {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("dockreg: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -5,5 +5,9 @@
 pub mod args;
 pub mod check;
 pub mod docker;
+pub mod register;
+pub mod run;
+pub mod wrapper;
 
 pub use args::{CheckKind, SidekickArgs};
+pub use run::run;

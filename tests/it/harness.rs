@@ -73,11 +73,29 @@ pub struct Etcd {
     data: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    extra_ip: Option<String>,
 }
 
 impl Etcd {
     pub async fn start(dir: &Path) -> Etcd {
         Self::start_on(dir, free_port()).await
+    }
+
+    /// A single-member etcd that containers reach too: it also listens on `ip` (the Docker
+    /// bridge gateway), same port.
+    pub async fn start_reachable(dir: &Path, ip: &str) -> Etcd {
+        let mut e = Self::start(dir).await;
+        e.extra_ip = Some(ip.to_string());
+        e.restart().await;
+        e
+    }
+
+    /// The client URL containers use.
+    pub fn container_url(&self) -> String {
+        match &self.extra_ip {
+            Some(ip) => format!("http://{ip}:{}", self.client_port),
+            None => self.url(),
+        }
     }
 
     /// A single-member etcd serving clients on `client_port`.
@@ -93,6 +111,7 @@ impl Etcd {
             name,
             cluster,
             child: None,
+            extra_ip: None,
         };
         e.spawn();
         e.wait_ready().await;
@@ -115,6 +134,7 @@ impl Etcd {
                 name: format!("m{i}"),
                 cluster: cluster.clone(),
                 child: None,
+                extra_ip: None,
             })
             .collect();
         for m in &mut members {
@@ -128,15 +148,19 @@ impl Etcd {
 
     fn spawn(&mut self) {
         let log = File::create(&self.log).expect("create etcd log");
+        let mut urls = self.url();
+        if let Some(ip) = &self.extra_ip {
+            urls = format!("{urls},http://{ip}:{}", self.client_port);
+        }
         let child = Command::new("etcd")
             .arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
             .arg(&self.data)
             .arg("--listen-client-urls")
-            .arg(self.url())
+            .arg(&urls)
             .arg("--advertise-client-urls")
-            .arg(self.url())
+            .arg(&urls)
             .arg("--listen-peer-urls")
             .arg(format!("http://127.0.0.1:{}", self.peer_port))
             .arg("--initial-advertise-peer-urls")

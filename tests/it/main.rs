@@ -1,5 +1,7 @@
 //! Integration tests: one test binary with a shared harness (real etcd, real HAProxy, real
-//! HTTP backends and real requests).
+//! HTTP backends and real requests; the real Docker engine for the sidekick).
 
+mod docker;
 mod harness;
+mod sidekick;
 mod watcher;

@@ -1,0 +1,330 @@
+//! The sidekick's main loop: check the app, and keep the registration in step with its health.
+//!
+//! Level-triggered: every check result, notice from etcd and retry leads to one `reconcile`,
+//! which makes etcd match what health says (key present under our lease while Up, absent
+//! otherwise). Failed etcd calls are retried with backoff, not only at the next check.
+
+use super::args::{CheckKind, SidekickArgs};
+use super::check::{probe, Check, Health, Hysteresis};
+use super::docker::{discover, own_container_id, Discovered};
+use super::register::{Notice, Registration};
+use super::wrapper::{forwarded_signals, App};
+use crate::backoff::Backoff;
+use crate::endpoint::LEGACY_VALUE;
+use crate::keys::ServicePrefix;
+use anyhow::{bail, Context as _, Result};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Where the registered address comes from.
+enum Source {
+    /// `--host-port` with `--ip`: no Docker.
+    Fixed(SocketAddr),
+    /// The Docker engine, inspected again whenever the registration is (re)made.
+    Docker {
+        socket: std::path::PathBuf,
+        container: String,
+        port: u16,
+        ip: Option<IpAddr>,
+    },
+}
+
+impl Source {
+    async fn resolve(&self) -> Result<(SocketAddr, Option<Discovered>)> {
+        match self {
+            Source::Fixed(addr) => Ok((*addr, None)),
+            Source::Docker {
+                socket,
+                container,
+                port,
+                ip,
+            } => {
+                let d = discover(socket, container, *port, *ip).await?;
+                Ok((d.addr, Some(d)))
+            }
+        }
+    }
+}
+
+/// The value to write: JSON metadata, or the legacy `running`.
+fn value(args: &SidekickArgs, found: Option<&Discovered>) -> String {
+    if args.legacy_value {
+        return LEGACY_VALUE.to_string();
+    }
+    let mut meta = serde_json::Map::new();
+    if let Some(d) = found {
+        meta.insert(
+            "container".into(),
+            d.container_id.chars().take(12).collect::<String>().into(),
+        );
+        if !d.hostname.is_empty() {
+            meta.insert("hostname".into(), d.hostname.clone().into());
+        }
+    }
+    if let Some(w) = args.weight {
+        meta.insert("weight".into(), w.into());
+    }
+    serde_json::Value::Object(meta).to_string()
+}
+
+fn check_of(args: &SidekickArgs) -> Result<Check> {
+    Ok(match args.check {
+        CheckKind::Tcp => Check::Tcp,
+        CheckKind::Http => {
+            let statuses = args.check_status.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            Check::http(&args.check_path, statuses)
+                .map_err(|e| anyhow::anyhow!("--check-path: {e}"))?
+        }
+    })
+}
+
+/// Checks the flags and works out where the address comes from; every error names its flag.
+fn source_of(args: &SidekickArgs) -> Result<Source> {
+    if let Some(hp) = args.host_port {
+        let Some(ip) = args.ip else {
+            bail!("--host-port needs --ip (the host address to register)");
+        };
+        if hp == 0 {
+            bail!("--host-port 0 is not a port");
+        }
+        return Ok(Source::Fixed(SocketAddr::new(ip, hp)));
+    }
+    let container = own_container_id(args.container.as_deref())?;
+    Ok(Source::Docker {
+        socket: args.docker.clone(),
+        container,
+        port: args.port,
+        ip: args.ip,
+    })
+}
+
+/// Why the loop ended.
+enum End {
+    /// SIGTERM/SIGINT (the number), to pass on to the app in wrapper mode.
+    Signal(libc::c_int),
+    /// The app exited with this status (wrapper mode).
+    AppExited(i32),
+}
+
+/// Runs the sidekick; returns the process exit code.
+pub async fn run(args: SidekickArgs) -> Result<i32> {
+    let prefix = ServicePrefix::parse(&args.key).map_err(|e| anyhow::anyhow!("--key: {e}"))?;
+    args.etcd.validate()?;
+    let check = check_of(&args)?;
+    if args.timeout >= args.interval {
+        tracing::warn!(timeout = ?args.timeout, interval = ?args.interval, "--timeout is not shorter than --interval");
+    }
+    let source = source_of(&args)?;
+    // Resolve once before anything else: a port that is not published is a start-up error.
+    let (mut addr, mut found) = source.resolve().await?;
+    tracing::info!(key = %prefix.endpoint_key(addr), "endpoint discovered");
+
+    let mut app = if args.command.is_empty() {
+        None
+    } else {
+        Some(App::start(&args.command)?)
+    };
+    let client = args.etcd.connect().await?;
+    let (notice_tx, mut notices) = mpsc::channel(16);
+    let mut reg = Registration::new(client, args.ttl, notice_tx);
+    let mut health = Hysteresis::new(args.rise, args.fall);
+    let target = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.port);
+
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut forwarded = if app.is_some() {
+        forwarded_signals()?
+    } else {
+        Vec::new()
+    };
+    let (fwd_tx, mut fwd_rx) = mpsc::channel::<libc::c_int>(8);
+    for (n, mut s) in forwarded.drain(..) {
+        let tx = fwd_tx.clone();
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                if tx.send(n).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    // The first check runs at once. Until the app has answered once (it may still be
+    // starting), failures do not count and checks run every 200 ms.
+    let startup_pace = args.interval.min(Duration::from_millis(200));
+    let mut next_check = Instant::now();
+    let mut retry = Backoff::default();
+    let mut retry_at: Option<Instant> = None;
+    let mut need_resolve = false;
+
+    let end = loop {
+        let app_exit = async {
+            match app.as_mut() {
+                Some(a) => a.wait().await,
+                None => std::future::pending().await,
+            }
+        };
+        let retry_sleep = async {
+            match retry_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => break End::Signal(libc::SIGTERM),
+            _ = int.recv() => break End::Signal(libc::SIGINT),
+            status = app_exit => break End::AppExited(status),
+            Some(sig) = fwd_rx.recv() => {
+                if let Some(a) = &app { a.signal(sig); }
+                continue;
+            }
+            _ = tokio::time::sleep_until(next_check) => {
+                let result = probe(&check, target, args.timeout).await;
+                let starting = health.health() == Health::Unknown;
+                next_check = Instant::now() + if starting { startup_pace } else { args.interval };
+                if let Err(e) = &result {
+                    tracing::debug!(error = %e, "check failed");
+                    if starting {
+                        continue;
+                    }
+                }
+                match health.observe(result.is_ok()) {
+                    Some(Health::Up) => {
+                        tracing::info!("app healthy");
+                    }
+                    Some(h) => {
+                        let why = result.err().unwrap_or_default();
+                        tracing::warn!(health = ?h, reason = %why, "app unhealthy");
+                        need_resolve = true;
+                    }
+                    None => {}
+                }
+            }
+            Some(n) = notices.recv() => match n {
+                Notice::LeaseLost(id) => {
+                    tracing::warn!(lease = format!("{id:x}"), "lease lost; registering again under a new one");
+                    reg.forget_lease(id);
+                }
+                Notice::KeyDeleted(key) => {
+                    if reg.registered() == Some(key.as_str()) {
+                        tracing::warn!(key, "own key deleted by someone else; putting it back");
+                    }
+                    reg.forget_key();
+                }
+                Notice::Resync if reg.standby() => reg.forget_key(),
+                Notice::Resync => {
+                    if let Some(key) = reg.registered().map(str::to_string) {
+                        match reg.holds(&key).await {
+                            Ok(true) => {}
+                            Ok(false) => { tracing::warn!(key, "own key missing; putting it back"); reg.forget_key(); }
+                            Err(e) => tracing::warn!(error = %e, "checking own key"),
+                        }
+                    }
+                }
+            },
+            _ = retry_sleep => { retry_at = None; }
+        }
+        // Reconcile etcd with health.
+        let want = health.health() == Health::Up;
+        let outcome: Result<()> = async {
+            if want && reg.registered().is_none() && !reg.standby() {
+                if need_resolve {
+                    // Ports change when the container or the engine restarts: look again.
+                    let (a, f) = source.resolve().await?;
+                    if a != addr {
+                        tracing::info!(old = %addr, new = %a, "published address changed");
+                    }
+                    (addr, found) = (a, f);
+                    need_resolve = false;
+                }
+                let key = prefix.endpoint_key(addr);
+                if reg.register(&key, &value(&args, found.as_ref())).await? {
+                    tracing::info!(
+                        key,
+                        lease = format!("{:x}", reg.lease().unwrap_or_default()),
+                        "registered"
+                    );
+                }
+            } else if !want && reg.registered().is_some() {
+                reg.deregister().await?;
+                tracing::info!(key = %prefix.endpoint_key(addr), "deregistered");
+            }
+            Ok(())
+        }
+        .await;
+        match outcome {
+            Ok(()) => retry.reset(),
+            Err(e) => {
+                let delay = retry.next_delay();
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "etcd update failed; will retry");
+                retry_at = Some(Instant::now() + delay);
+            }
+        }
+    };
+
+    // Leaving: the key goes first, so HAProxy stops routing here before the app stops.
+    if let Err(e) = reg.revoke().await {
+        tracing::warn!(error = %format!("{e:#}"), "could not revoke the lease; the key expires with its TTL");
+    }
+    match (end, app) {
+        (End::AppExited(status), _) => {
+            tracing::info!(status, "app exited");
+            Ok(status)
+        }
+        (End::Signal(sig), Some(mut a)) => {
+            tracing::info!(drain = ?args.drain, "deregistered; draining before stopping the app");
+            tokio::time::sleep(args.drain).await;
+            a.signal(sig);
+            let status = a.wait().await;
+            tracing::info!(status, "app exited");
+            Ok(status)
+        }
+        (End::Signal(_), None) => Ok(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> SidekickArgs {
+        SidekickArgs::try_parse_from(["dockreg", "--port", "8000"].iter().chain(extra)).unwrap()
+    }
+
+    #[test]
+    fn value_is_json_metadata_or_legacy() {
+        let d = Discovered {
+            addr: "10.0.0.1:32768".parse().unwrap(),
+            container_id: "0123456789abcdef0123".into(),
+            hostname: "web-1".into(),
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&value(&args(&["--weight", "50"]), Some(&d))).unwrap();
+        assert_eq!(v["container"], "0123456789ab");
+        assert_eq!(v["hostname"], "web-1");
+        assert_eq!(v["weight"], 50);
+        assert_eq!(value(&args(&["--legacy-value"]), Some(&d)), "running");
+        // What the sidekick writes, the watcher accepts.
+        assert!(crate::endpoint::parse_value(value(&args(&[]), Some(&d)).as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn host_port_mode_needs_no_docker() {
+        let a = args(&["--host-port", "9000", "--ip", "10.0.0.7"]);
+        match source_of(&a).unwrap() {
+            Source::Fixed(addr) => assert_eq!(addr, "10.0.0.7:9000".parse().unwrap()),
+            Source::Docker { .. } => panic!("docker used with --host-port"),
+        }
+    }
+
+    #[test]
+    fn bad_check_status_names_the_flag() {
+        let a = args(&["--check", "http", "--check-status", "abc"]);
+        let err = check_of(&a).unwrap_err().to_string();
+        assert!(err.contains("--check-status"), "{err}");
+    }
+}
