@@ -46,15 +46,37 @@ pub fn docker_available() -> bool {
     ok
 }
 
-/// The Docker bridge gateway: the host address containers reach.
+/// The Docker bridge gateway: the host address containers reach. Older engines leave the
+/// gateway out of `network inspect`; then it is the bridge interface's own address.
 pub fn bridge_gateway() -> String {
-    docker(&[
+    let gw = docker(&[
         "network",
         "inspect",
         "bridge",
         "--format",
-        "{{(index .IPAM.Config 0).Gateway}}",
-    ])
+        "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+    ]);
+    if !gw.is_empty() {
+        return gw;
+    }
+    let iface = docker(&[
+        "network",
+        "inspect",
+        "bridge",
+        "--format",
+        "{{index .Options \"com.docker.network.bridge.name\"}}",
+    ]);
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", &iface])
+        .output()
+        .expect("ip (iproute2) not found");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no IPv4 address on the Docker bridge {iface}: {text}"))
 }
 
 /// Builds `dockreg` statically (its own target folder) once per test run.
