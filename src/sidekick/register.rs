@@ -280,7 +280,7 @@ async fn keep_alive(client: Client, id: i64, ttl: Duration, notices: mpsc::Sende
 
 /// Watches `key` and reports its deletion; each time the watch (re)starts, asks for a resync.
 async fn watch_key(client: Client, key: String, notices: mpsc::Sender<Notice>) {
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
     loop {
         let mut c = client.clone();
         match c.watch(key.as_str(), None).await {

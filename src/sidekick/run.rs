@@ -74,7 +74,10 @@ fn check_of(args: &SidekickArgs) -> Result<Check> {
     Ok(match args.check {
         CheckKind::Tcp => Check::Tcp,
         CheckKind::Http => {
-            let statuses = args.check_status.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let statuses = args
+                .check_status
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!(e))?;
             Check::http(&args.check_path, statuses)
                 .map_err(|e| anyhow::anyhow!("--check-path: {e}"))?
         }

@@ -13,9 +13,34 @@ pub const SIDEKICK: &str = env!("CARGO_BIN_EXE_dockreg");
 /// The sidekick flags used in the tests: fast checks, short TTL and drain.
 fn sidekick_args(etcd: &str) -> Vec<String> {
     [
-        "--etcd", etcd, "--port", "8000", "--interval", "1s", "--timeout", "500ms", "--fall", "2",
-        "--rise", "1", "--ttl", "3s", "--drain", "500ms", "--check", "http", "--check-path",
-        "/health", "--", "/bin/busybox", "httpd", "-f", "-p", "8000", "-h", "/www",
+        "--etcd",
+        etcd,
+        "--port",
+        "8000",
+        "--interval",
+        "1s",
+        "--timeout",
+        "500ms",
+        "--fall",
+        "2",
+        "--rise",
+        "1",
+        "--ttl",
+        "3s",
+        "--drain",
+        "500ms",
+        "--check",
+        "http",
+        "--check-path",
+        "/health",
+        "--",
+        "/bin/busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "8000",
+        "-h",
+        "/www",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -60,7 +85,13 @@ async fn value(client: &mut Client, key: &str) -> Option<(String, i64)> {
 }
 
 /// Waits until the key is present (or absent); returns how long that took.
-async fn wait_key(client: &mut Client, key: &str, present: bool, within: Duration, c: &Container) -> Duration {
+async fn wait_key(
+    client: &mut Client,
+    key: &str,
+    present: bool,
+    within: Duration,
+    c: &Container,
+) -> Duration {
     let t0 = Instant::now();
     loop {
         if value(client, key).await.is_some() == present {
@@ -87,9 +118,14 @@ async fn registers_within_a_second_and_follows_health() {
     eprintln!("docker run took {started:?}; key present {took:?} after it returned");
     let (v, _) = value(&mut s.client, &key).await.unwrap();
     let meta = dockreg::endpoint::parse_value(v.as_bytes()).expect("the watcher accepts the value");
-    assert!(meta.container.is_some_and(|id| c.id.starts_with(&id)), "{v}");
+    assert!(
+        meta.container.is_some_and(|id| c.id.starts_with(&id)),
+        "{v}"
+    );
     // The app answers on the registered host port.
-    let r = get(format!("127.0.0.1:{port}").parse().unwrap()).await.unwrap();
+    let r = get(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
     assert!(r.body.contains("hello from the app"));
 
@@ -100,6 +136,11 @@ async fn registers_within_a_second_and_follows_health() {
     c.exec(&["/bin/busybox", "touch", "/www/health"]);
     wait_key(&mut s.client, &key, true, Duration::from_millis(2500), &c).await;
 
+    // An operator deleting the key: it comes back at once (the own key is watched).
+    s.client.delete(key.as_str(), None).await.unwrap();
+    let back = wait_key(&mut s.client, &key, true, Duration::from_millis(500), &c).await;
+    eprintln!("deleted key back after {back:?}");
+
     // docker stop: the key goes at once (before the drain and the app's exit).
     let stop = std::thread::spawn({
         let id = c.id.clone();
@@ -109,7 +150,12 @@ async fn registers_within_a_second_and_follows_health() {
     eprintln!("docker stop → key gone in {gone:?}");
     stop.join().unwrap();
     let code = docker(&["inspect", "--format", "{{.State.ExitCode}}", &c.id]);
-    assert_eq!(code, "143", "exits with the app's status (SIGTERM): {}", c.logs());
+    assert_eq!(
+        code,
+        "143",
+        "exits with the app's status (SIGTERM): {}",
+        c.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +166,10 @@ async fn docker_kill_lets_the_lease_expire() {
     docker(&["kill", &c.id]);
     // No cleanup ran: the key lives until the 3 s TTL runs out.
     let t = wait_key(&mut s.client, &key, false, Duration::from_millis(4500), &c).await;
-    assert!(t > Duration::from_millis(1000), "gone after {t:?}: too early for a lease expiry");
+    assert!(
+        t > Duration::from_millis(1000),
+        "gone after {t:?}: too early for a lease expiry"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,12 +182,7 @@ async fn etcd_restart_mid_run_ends_with_the_key_back() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     s.etcd.restart().await;
     let mut client = s.etcd.client().await;
-    // An operator deleting the key: it comes back at once.
     wait_key(&mut client, &key, true, Duration::from_secs(10), &c).await;
-    client.delete(key.as_str(), None).await.unwrap();
-    let t0 = Instant::now();
-    wait_key(&mut client, &key, true, Duration::from_secs(2), &c).await;
-    eprintln!("deleted key back after {:?}", t0.elapsed());
     assert!(c.running());
 }
 
@@ -153,15 +197,26 @@ async fn a_second_sidekick_never_removes_the_first_ones_key() {
     let second = ChildGuard(
         std::process::Command::new(SIDEKICK)
             .args(["--etcd", &s.etcd.url(), "--ip", "127.0.0.1"])
-            .args(["--host-port", &port.to_string(), "--port", &port.to_string()])
+            .args([
+                "--host-port",
+                &port.to_string(),
+                "--port",
+                &port.to_string(),
+            ])
             .args(["--interval", "500ms", "--ttl", "3s"])
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
     );
-    eventually(Duration::from_secs(5), "second sidekick stands by", || async {
-        std::fs::read_to_string(&log).unwrap_or_default().contains("standing by")
-    })
+    eventually(
+        Duration::from_secs(5),
+        "second sidekick stands by",
+        || async {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("standing by")
+        },
+    )
     .await;
     drop(second); // SIGTERM: it revokes its own lease, which holds nothing.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -176,14 +231,28 @@ async fn a_second_sidekick_never_removes_the_first_ones_key() {
 async fn unpublished_port_and_missing_socket_are_clear_errors() {
     let Some(s) = setup().await else { return };
     let etcd = s.etcd.container_url();
-    let base = ["--etcd", etcd.as_str(), "--port", "8000", "--", "/bin/busybox", "httpd", "-f", "-p", "8000"];
+    let base = [
+        "--etcd",
+        etcd.as_str(),
+        "--port",
+        "8000",
+        "--",
+        "/bin/busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "8000",
+    ];
     // Not published (no -p): a clear error and a non-zero exit, never a panic.
     let mut args = vec!["run", "--rm", "-v", SOCK, "-e", "IP=127.0.0.1", image()];
     args.extend_from_slice(&base);
     let out = docker_output(&args);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("8000/tcp") && err.contains("not published"), "{err}");
+    assert!(
+        err.contains("8000/tcp") && err.contains("not published"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     // No Docker socket mounted.
     let mut args = vec!["run", "--rm", "-p", "8000", image()];
