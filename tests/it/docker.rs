@@ -143,7 +143,16 @@ impl Container {
 
     /// The host port Docker published `port/tcp` on (IPv4 binding).
     pub fn host_port(&self, port: u16) -> u16 {
-        let out = docker(&["port", &self.id, &format!("{port}/tcp")]);
+        let out = docker_output(&["port", &self.id, &format!("{port}/tcp")]);
+        if !out.status.success() {
+            panic!(
+                "docker port {port}/tcp: {}; container state {}; log:\n{}",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                docker(&["inspect", "--format", "{{json .State}}", &self.id]),
+                self.logs()
+            );
+        }
+        let out = String::from_utf8_lossy(&out.stdout).trim().to_string();
         out.lines()
             .find(|l| l.starts_with("0.0.0.0:"))
             .and_then(|l| l.rsplit(':').next())

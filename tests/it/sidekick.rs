@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 const SOCK: &str = "/var/run/docker.sock:/var/run/docker.sock";
 pub const SIDEKICK: &str = env!("CARGO_BIN_EXE_dockreg");
 
-/// The sidekick flags used in the tests: fast checks, short TTL and drain.
+/// The sidekick flags used in the tests: fast checks and a short TTL (the drain is the
+/// default 2 s unless a test sets it).
 fn sidekick_args(etcd: &str) -> Vec<String> {
     [
         "--etcd",
@@ -27,8 +28,6 @@ fn sidekick_args(etcd: &str) -> Vec<String> {
         "1",
         "--ttl",
         "3s",
-        "--drain",
-        "500ms",
         "--check",
         "http",
         "--check-path",
@@ -69,7 +68,13 @@ async fn setup() -> Option<Setup> {
 }
 
 fn start_app(s: &Setup) -> (Container, String, u16) {
-    let args = sidekick_args(&s.etcd.container_url());
+    start_app_with(s, &[])
+}
+
+/// Starts an app container with `extra` sidekick flags (ones `sidekick_args` does not set).
+fn start_app_with(s: &Setup, extra: &[&str]) -> (Container, String, u16) {
+    let mut args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+    args.extend(sidekick_args(&s.etcd.container_url()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let c = Container::run(&["-p", "8000", "-v", SOCK, "-e", "IP=127.0.0.1"], &args);
     let port = c.host_port(8000);
@@ -112,7 +117,7 @@ async fn wait_key(
 async fn registers_within_a_second_and_follows_health() {
     let Some(mut s) = setup().await else { return };
     let t0 = Instant::now();
-    let (c, key, port) = start_app(&s);
+    let (c, key, port) = start_app_with(&s, &["--drain", "500ms"]);
     let started = t0.elapsed();
     let took = wait_key(&mut s.client, &key, true, Duration::from_secs(1), &c).await;
     eprintln!("docker run took {started:?}; key present {took:?} after it returned");
@@ -268,4 +273,61 @@ async fn unpublished_port_and_missing_socket_are_clear_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("--ip"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_stop_behind_haproxy_fails_no_request() {
+    let Some(s) = setup().await else { return };
+    let haproxy = Haproxy::start(s._dir.path()).await;
+    let _watcher = Watcher::start(s._dir.path(), &haproxy, &s.etcd.url(), &[]);
+    let (a, _, port_a) = start_app_with(&s, &["--drain", "1s"]);
+    let (b, _, port_b) = start_app_with(&s, &["--drain", "1s"]);
+    let rendered = || std::fs::read_to_string(&haproxy.output).unwrap_or_default();
+    eventually(
+        Duration::from_secs(10),
+        "both apps in HAProxy's config",
+        || async {
+            let t = rendered();
+            t.contains(&format!("127.0.0.1:{port_a} "))
+                && t.contains(&format!("127.0.0.1:{port_b} "))
+        },
+    )
+    .await;
+    // Load through HAProxy, a new connection per request, while one app is stopped.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn({
+        let stop = stop.clone();
+        let addr = haproxy.http;
+        async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match get(addr).await {
+                    Some(r) if r.status == 200 => ok += 1,
+                    other => failed.push(other.map(|r| r.status)),
+                }
+            }
+            (ok, failed)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let id = a.id.clone();
+    tokio::task::spawn_blocking(move || docker(&["stop", &id]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    eprintln!("{ok} requests answered 200 during docker stop; failed: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "{} requests failed: {failed:?}",
+        failed.len()
+    );
+    assert!(ok > 100, "too little load to tell: {ok}");
+    let t = rendered();
+    assert!(
+        !t.contains(&format!("127.0.0.1:{port_a} ")) && t.contains(&format!("127.0.0.1:{port_b} ")),
+        "{t}"
+    );
+    drop(b);
 }
