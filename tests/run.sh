@@ -35,7 +35,7 @@ if $docker_ok; then
   # The sidekick image needs a statically linked dockreg; build it up front (its own target
   # folder) so the first Docker test does not sit silent through a release build.
   echo "==> building a static dockreg for the test image"
-  RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --bin dockreg \
+  RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile sidekick --bin dockreg \
     --target x86_64-unknown-linux-gnu --target-dir target/static
 else
   echo "==> no Docker engine reachable: the sidekick container tests will skip (they fail under CI=true)"

@@ -156,8 +156,8 @@ pub async fn run(args: SidekickArgs) -> Result<i32> {
     }
 
     // The first check runs at once. Until the app has answered once (it may still be
-    // starting), failures do not count and checks run every 200 ms.
-    let startup_pace = args.interval.min(Duration::from_millis(200));
+    // starting), failures do not count and checks run every 25 ms.
+    let startup_pace = args.interval.min(Duration::from_millis(25));
     let mut next_check = Instant::now();
     let mut retry = Backoff::default();
     let mut retry_at: Option<Instant> = None;

@@ -86,7 +86,15 @@ fn static_dockreg() -> PathBuf {
         let target_dir = Path::new(REPO).join("target/static");
         let triple = "x86_64-unknown-linux-gnu";
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--bin", "dockreg", "--target", triple])
+            .args([
+                "build",
+                "--profile",
+                "sidekick",
+                "--bin",
+                "dockreg",
+                "--target",
+                triple,
+            ])
             .arg("--target-dir")
             .arg(&target_dir)
             .env("RUSTFLAGS", "-C target-feature=+crt-static")
@@ -94,7 +102,7 @@ fn static_dockreg() -> PathBuf {
             .status()
             .expect("run cargo");
         assert!(status.success(), "static build of dockreg failed");
-        target_dir.join(triple).join("release/dockreg")
+        target_dir.join(triple).join("sidekick/dockreg")
     })
     .clone()
 }
