@@ -42,7 +42,8 @@
 
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
 export DOCKREG_HTTP_BIND=${DOCKREG_HTTP_BIND:-127.0.0.1:8090}
@@ -52,106 +53,23 @@ ETCD_PEER_PORT=${DEMO_ETCD_PEER_PORT:-12480}
 LOOP_SECONDS=${DEMO_LOOP_SECONDS:-5}
 LOOP_REQUESTS=${DEMO_LOOP_REQUESTS:-200}
 
-export ETCDCTL_API=3
 ETCD_URL="http://127.0.0.1:$ETCD_PORT"
 ETCD_PEER_URL="http://127.0.0.1:$ETCD_PEER_PORT"
 ETCD_CONTAINER_URL=""   # http://<bridge address>:$ETCD_PORT, set by find_bridge
-HAPROXY_CFG="$ROOT/haproxy/haproxy.cfg"
-WATCHER="$ROOT/target/release/dockreg-haproxy"
 STATIC_DIR="$ROOT/target/static"
 TRIPLE=""               # host target triple, set by build
 DEMO_ID="$$"            # labels this run's containers: dockreg-demo=$DEMO_ID
 IMAGE="dockreg-sidekick-demo:run$DEMO_ID"
 IMAGE_BUILT=0
 
-RUN=""        # temporary run directory, set by make_run_dir
-PIDS=()       # daemons started by this script, in start order
-NAMES=()      # their names (and log file names)
-LAST_PID=""   # PID of the daemon started last
 LOOP_PID=""   # the background request loop of step 6
 CONTAINERS=() # app containers: ids
 HOSTS=()      # their host names (short ids), what /cgi-bin/whoami answers
 PORTS=()      # their published host ports
+WHOAMI=""     # ${URL}cgi-bin/whoami, set by set_urls
 
 # ---------------------------------------------------------------------------------------------
-# Helpers
-
-log() { printf '==> %s\n' "$*"; }
-die() {
-    printf '==> ERROR: %s\n' "$*" >&2
-    exit 1
-}
-
-interactive() { [[ ${DEMO_NONINTERACTIVE:-0} != 1 && -t 0 ]]; }
-
-# True while process $1 runs (a zombie, exited but not yet reaped, does not count).
-alive() {
-    local stat
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    stat=${stat##*) }
-    [[ ${stat%% *} != Z ]]
-}
-
-# host:port -> "host port", with a wildcard host read as 127.0.0.1 and IPv6 brackets removed.
-split_addr() {
-    local host=${1%:*} port=${1##*:}
-    host=${host#[}
-    host=${host%]}
-    [[ -z $host || $host == '*' || $host == 0.0.0.0 || $host == :: ]] && host=127.0.0.1
-    printf '%s %s\n' "$host" "$port"
-}
-
-# True when something accepts TCP connections on host $1, port $2.
-listening() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
-
-# Dies when a daemon this script started has exited.
-all_alive() {
-    local i
-    for i in "${!PIDS[@]}"; do
-        alive "${PIDS[i]}" || die "${NAMES[i]} (pid ${PIDS[i]}) exited unexpectedly${1:-} (see its log below)"
-    done
-}
-
-# wait_until WHAT SECONDS COMMAND...: polls COMMAND until it succeeds; fails when the time
-# runs out or when one of the daemons exits meanwhile.
-wait_until() {
-    local what=$1 secs=$2
-    shift 2
-    local deadline=$((SECONDS + secs))
-    until "$@"; do
-        all_alive " while waiting for $what"
-        ((SECONDS < deadline)) || die "timed out after ${secs}s waiting for $what"
-        sleep 0.2
-    done
-}
-
-# start_daemon NAME COMMAND...: runs COMMAND in the background, in its own session (so Ctrl-C
-# reaches only this script, which then stops everything in order), logging to $RUN/NAME.log.
-start_daemon() {
-    local name=$1
-    shift
-    setsid "$@" </dev/null >"$RUN/$name.log" 2>&1 &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-    NAMES+=("$name")
-    log "started $name (pid $LAST_PID, log $RUN/$name.log)"
-}
-
-# Sends SIGTERM to PID $2, escalating to SIGKILL after 10 s.
-stop_daemon() {
-    local name=$1 pid=$2 i
-    alive "$pid" || { wait "$pid" 2>/dev/null; return 0; }
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 100; i++)); do
-        alive "$pid" || break
-        sleep 0.1
-    done
-    if alive "$pid"; then
-        printf '==> %s (pid %s) ignored SIGTERM; killing it\n' "$name" "$pid" >&2
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
+# Helpers (the shared ones are in examples/lib.sh)
 
 # A container's log without the colour codes of the sidekick's text log.
 container_log() { docker logs "$1" 2>&1 | sed 's/\x1b\[[0-9;]*m//g'; }
@@ -164,26 +82,24 @@ demo_containers() {
     } | awk 'NF && !seen[$0]++'
 }
 
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM HUP
-    set +e
+# cleanup hooks (see cleanup in lib.sh): stop the request loop, show the containers' logs on
+# failure, remove the containers and the image before the daemons stop.
+cleanup_first() {
     if [[ -n $LOOP_PID ]] && alive "$LOOP_PID"; then
         kill "$LOOP_PID" 2>/dev/null
         wait "$LOOP_PID" 2>/dev/null
     fi
-    if ((rc != 0)) && [[ -n $RUN ]]; then
-        for name in "${NAMES[@]}"; do
-            printf '\n==> last lines of %s.log:\n' "$name" >&2
-            tail -n 15 "$RUN/$name.log" >&2
-        done
-        local id
-        for id in "${CONTAINERS[@]}"; do
-            printf '\n==> last lines of container %.12s:\n' "$id" >&2
-            container_log "$id" | tail -n 15 >&2
-        done
-        echo >&2
-    fi
+}
+
+cleanup_failure_logs() {
+    local id
+    for id in "${CONTAINERS[@]}"; do
+        printf '\n==> last lines of container %.12s:\n' "$id" >&2
+        container_log "$id" | tail -n 15 >&2
+    done
+}
+
+cleanup_before_stop() {
     local ids
     ids=$(demo_containers)
     if [[ -n $ids ]]; then
@@ -195,18 +111,6 @@ cleanup() {
         log "removing image $IMAGE"
         docker rmi "$IMAGE" >/dev/null
     fi
-    if ((${#PIDS[@]})); then
-        local i
-        for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-            log "stopping ${NAMES[i]} (pid ${PIDS[i]})"
-            stop_daemon "${NAMES[i]}" "${PIDS[i]}"
-        done
-    fi
-    if [[ -n $RUN ]]; then
-        rm -rf "$RUN"
-        log "removed $RUN"
-    fi
-    exit "$rc"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -216,35 +120,15 @@ cleanup() {
 static_busybox() { [[ -x /bin/busybox ]] && ! ldd /bin/busybox >/dev/null 2>&1; }
 
 ensure_packages() {
-    local -A package_of=(
-        [etcd]=etcd-server [etcdctl]=etcd-client [haproxy]=haproxy [protoc]=protobuf-compiler
-        [socat]=socat [curl]=curl [setsid]=util-linux [ip]=iproute2
-    )
-    local cmd missing=()
-    for cmd in etcd etcdctl haproxy protoc socat curl setsid ip; do
-        command -v "$cmd" >/dev/null || missing+=("${package_of[$cmd]}")
-    done
+    local missing
+    mapfile -t missing < <(missing_packages etcd=etcd-server etcdctl=etcd-client haproxy=haproxy \
+        protoc=protobuf-compiler socat=socat curl=curl setsid=util-linux ip=iproute2)
     static_busybox || missing+=(busybox-static)
-    # rustup installs cargo in ~/.cargo/bin, which a fresh shell may not have on its PATH yet.
-    if ! command -v cargo >/dev/null && [[ -f $HOME/.cargo/env ]]; then
-        # shellcheck source=/dev/null
-        source "$HOME/.cargo/env"
-    fi
-    command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"
+    ensure_cargo
     command -v docker >/dev/null || die "docker not found: install Docker (apt-get install docker.io) first"
     docker version --format '{{.Server.Version}}' >/dev/null 2>&1 ||
         die "no Docker engine reachable (docker version failed): start it, or run as a user in the docker group"
-    if ((${#missing[@]})); then
-        command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
-        local sudo=()
-        if ((EUID != 0)); then
-            command -v sudo >/dev/null || die "missing ${missing[*]}: run as root or install sudo"
-            sudo=(sudo)
-        fi
-        log "installing ${missing[*]}"
-        "${sudo[@]}" apt-get update
-        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
-    fi
+    install_packages "${missing[@]}"
     static_busybox || die "/bin/busybox is not a static binary (apt-get install busybox-static)"
 }
 
@@ -265,15 +149,9 @@ find_bridge() {
 }
 
 check_ports() {
-    local addr host port
-    for addr in "127.0.0.1:$ETCD_PORT" "127.0.0.1:$ETCD_PEER_PORT" "${ETCD_CONTAINER_URL#http://}" \
-        "$DOCKREG_HTTP_BIND" "$DOCKREG_STATS_BIND"; do
-        read -r host port < <(split_addr "$addr")
-        if listening "$host" "$port"; then
-            die "$host:$port is already in use; stop what listens there or pick other ports" \
-                "(DEMO_ETCD_PORT, DEMO_ETCD_PEER_PORT, DOCKREG_HTTP_BIND, DOCKREG_STATS_BIND)"
-        fi
-    done
+    ports_free "DEMO_ETCD_PORT, DEMO_ETCD_PEER_PORT, DOCKREG_HTTP_BIND, DOCKREG_STATS_BIND" \
+        "127.0.0.1:$ETCD_PORT" "127.0.0.1:$ETCD_PEER_PORT" "${ETCD_CONTAINER_URL#http://}" \
+        "$DOCKREG_HTTP_BIND" "$DOCKREG_STATS_BIND"
 }
 
 build() {
@@ -284,12 +162,6 @@ build() {
     log "building a static dockreg for the image (crt-static, --target $TRIPLE, target/static)"
     RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile sidekick --bin dockreg \
         --target "$TRIPLE" --target-dir "$STATIC_DIR" || die "static build of dockreg failed"
-}
-
-make_run_dir() {
-    RUN=$(mktemp -d "${TMPDIR:-/tmp}/dockreg-docker-demo.XXXXXX")
-    export DOCKREG_RUN_DIR=$RUN
-    log "run directory: $RUN"
 }
 
 build_image() {
@@ -305,56 +177,9 @@ build_image() {
     log "image $IMAGE: $(docker image inspect --format '{{.Size}}' "$IMAGE" | awk '{ printf "%.1f MB", $1 / 1e6 }')"
 }
 
-etcd_healthy() { etcdctl --endpoints "$ETCD_URL" --command-timeout=1s endpoint health >/dev/null 2>&1; }
-
-start_etcd() {
-    local urls="$ETCD_URL,$ETCD_CONTAINER_URL"
-    start_daemon etcd etcd --name dockreg-docker-demo --data-dir "$RUN/etcd" \
-        --listen-client-urls "$urls" --advertise-client-urls "$urls" \
-        --listen-peer-urls "$ETCD_PEER_URL" --initial-advertise-peer-urls "$ETCD_PEER_URL" \
-        --initial-cluster "dockreg-docker-demo=$ETCD_PEER_URL" --initial-cluster-state new \
-        --logger zap --log-outputs stderr --log-level warn
-    wait_until "etcd on $ETCD_URL" 20 etcd_healthy
-    log "etcd is up on $ETCD_URL and $ETCD_CONTAINER_URL"
-}
-
-# Sends one command to HAProxy's master CLI.
-master_cli() { echo "$1" | socat -t 2 stdio "UNIX-CONNECT:$RUN/master.sock" 2>/dev/null; }
-
-# The master's reload counter from `show proc` (empty while the master re-executes).
-master_reloads() { master_cli "show proc" | awk '$2 == "master" { print $3; exit }'; }
-
-haproxy_ready() {
-    local host port
-    [[ -n $(master_reloads) ]] || return 1
-    read -r host port < <(split_addr "$DOCKREG_HTTP_BIND")
-    listening "$host" "$port"
-}
-
-start_haproxy() {
-    # An empty backend lets HAProxy start (answering 503) before the watcher renders anything.
-    printf 'backend service\n' >"$RUN/backends.cfg"
-    local out
-    out=$(haproxy -c -f "$HAPROXY_CFG" -f "$RUN/backends.cfg" 2>&1) ||
-        die "haproxy -c rejected $HAPROXY_CFG:"$'\n'"$out"
-    start_daemon haproxy haproxy -W -S "$RUN/master.sock" -f "$HAPROXY_CFG" -f "$RUN/backends.cfg"
-    wait_until "HAProxy (master socket $RUN/master.sock)" 15 haproxy_ready
-    log "HAProxy is up: http://$DOCKREG_HTTP_BIND/ (stats: http://$DOCKREG_STATS_BIND/)"
-}
-
-watcher_started() { grep -q "dockreg-haproxy started" "$RUN/watcher.log"; }
-
-start_watcher() {
-    start_daemon watcher "$WATCHER" --etcd "$ETCD_URL" --output "$RUN/backends.cfg" \
-        --haproxy-config "$HAPROXY_CFG" --master-socket "$RUN/master.sock"
-    wait_until "dockreg-haproxy to start" 15 watcher_started
-    log "dockreg-haproxy is watching $ETCD_URL/service/"
-}
-
 # The host port Docker published container $1's port 8000 on (its IPv4 binding).
 published_port() { docker port "$1" 8000/tcp | awk -F: '/^0\.0\.0\.0:/ { print $NF; exit }'; }
 
-key() { printf '/service/127.0.0.1:%s' "$1"; }
 registered() { [[ -n $(etcdctl --endpoints "$ETCD_URL" get --keys-only "$(key "$1")" 2>/dev/null) ]]; }
 
 # The container (index) that answers with host name $1.
@@ -390,36 +215,15 @@ run_apps() {
     container_log "${CONTAINERS[0]}" | sed 's/^/    /'
 }
 
-URL=""
-WHOAMI=""
-set_url() {
-    local host port
-    read -r host port < <(split_addr "$DOCKREG_HTTP_BIND")
-    [[ $host == *:* ]] && host="[$host]"
-    URL="http://$host:$port/"
+# Sets URL (lib.sh's set_url) and WHOAMI.
+set_urls() {
+    set_url
     WHOAMI="${URL}cgi-bin/whoami"
-}
-
-# True once a few requests reached every container.
-routes_to_all() {
-    local seen="" i answer host
-    for ((i = 0; i < 8; i++)); do
-        answer=$(curl -s --fail --max-time 2 "$WHOAMI") || return 1
-        seen+="$answer;"
-    done
-    for host in "${HOSTS[@]}"; do
-        [[ $seen == *"$host;"* ]] || return 1
-    done
-}
-
-show_backends_file() {
-    log "rendered $RUN/backends.cfg:"
-    sed -e '/./,$!d' -e 's/^/    /' "$RUN/backends.cfg"
 }
 
 show_balance() {
     log "waiting until HAProxy routes to both containers"
-    wait_until "HAProxy to route to both containers" 30 routes_to_all
+    wait_until "HAProxy to route to both containers" 30 routes_to_all "$WHOAMI" "${HOSTS[@]}"
     show_backends_file
     log "10 requests through $WHOAMI (each container answers with its host name):"
     local i answer answers=()
@@ -448,8 +252,6 @@ request_loop() {
     done
 }
 
-file_lacks() { ! grep -qF "$1" "$RUN/backends.cfg"; }
-reloaded_since() { local now; now=$(master_reloads) && [[ -n $now ]] && ((now > $1)); }
 usec() { printf '%s' "${EPOCHREALTIME/./}"; }
 
 show_stop() {
@@ -508,9 +310,6 @@ show_stop() {
     log "docker stop under load: $total requests, 0 failed"
 }
 
-# Prints COMMAND under its comment.
-hint() { printf '    # %s\n    %s\n' "$2" "$1"; }
-
 try_it_yourself() {
     local one=${CONTAINERS[0]:0:12}
     echo
@@ -523,42 +322,27 @@ try_it_yourself() {
     hint "ETCDCTL_API=3 etcdctl --endpoints $ETCD_URL get --prefix /service/" "what is registered"
     hint "cat $RUN/backends.cfg" "the rendered backends"
     hint "docker logs -f $one" "what app-1's sidekick does"
-    printf '    HAProxy stats page: http://%s/\n\n' "$DOCKREG_STATS_BIND"
-    log "Press Ctrl-C to stop everything and clean up."
-    # Ctrl-C is the expected way out here: exit 0 (cleanup still runs on EXIT).
-    trap 'echo; exit 0' INT
-    while :; do
-        sleep 1
-        all_alive
-    done
+    wait_for_ctrl_c
 }
 
 main() {
-    trap cleanup EXIT
-    trap 'exit 130' INT
-    trap 'exit 143' TERM
-    trap 'exit 129' HUP
+    install_traps
 
     ensure_packages
     find_bridge
     check_ports
     build
-    make_run_dir
-    set_url
+    make_run_dir dockreg-docker-demo
+    set_urls
     build_image
-    start_etcd
+    start_etcd dockreg-docker-demo "$ETCD_URL,$ETCD_CONTAINER_URL" \
+        "$ETCD_URL and $ETCD_CONTAINER_URL"
     start_haproxy
     start_watcher
     run_apps
     show_balance
     show_stop
-    all_alive
-
-    if interactive; then
-        try_it_yourself
-    else
-        log "non-interactive mode: demonstration done, cleaning up"
-    fi
+    finish
 }
 
 main "$@"
