@@ -2,6 +2,7 @@
 //! through the master CLI (confirmed through `show proc`) or an operator's command.
 
 mod master;
+pub mod plan;
 mod reload;
 mod validate;
 
