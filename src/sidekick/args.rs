@@ -24,7 +24,7 @@ pub struct SidekickArgs {
     #[command(flatten)]
     pub etcd: EtcdArgs,
 
-    /// Service name (key prefix): the endpoint is registered as /<key>/<ip>:<port>.
+    /// Service name (key prefix): the endpoint is registered as `/<key>/<ip>:<port>`.
     #[arg(long, env = "DOCKREG_KEY", default_value = DEFAULT_PREFIX)]
     pub key: String,
 

@@ -48,7 +48,7 @@ pub struct WatcherArgs {
     #[arg(long, env = "DOCKREG_NO_VALIDATE")]
     pub no_validate: bool,
 
-    /// HAProxy master CLI socket (HAProxy started with -W -S <path>): reload through it and
+    /// HAProxy master CLI socket (HAProxy started with `-W -S <path>`): reload through it and
     /// confirm through `show proc`.
     #[arg(long, env = "DOCKREG_MASTER_SOCKET", conflicts_with = "reload_cmd")]
     pub master_socket: Option<PathBuf>,
