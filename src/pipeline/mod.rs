@@ -271,7 +271,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         }
         let (written, result) = self.validate_and_write(&candidates, &changed).await;
         for &i in &written {
-            self.live[i] = candidates[i].clone();
+            self.live[i] = candidates[i].take();
         }
         if !written.is_empty() && self.reload_enabled {
             self.schedule_reload();
