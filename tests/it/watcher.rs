@@ -435,9 +435,16 @@ async fn three_member_cluster_survives_a_member_loss() {
     // Lose a member: the watcher's stream to it breaks or it was on another one; either way
     // changes written through a surviving member arrive.
     members[0].kill();
-    c.put(format!("/service/{}", b.addrs[1]), "running", None)
-        .await
-        .unwrap();
+    // The lost member may have been the leader: the write waits out the election.
+    let key = format!("/service/{}", b.addrs[1]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while let Err(e) = c.put(key.as_str(), "running", None).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no leader elected: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_routes_exactly(haproxy.http, &b.addrs).await;
     members[1].kill();
     // Two of three gone: no quorum, HAProxy keeps serving what it had.
