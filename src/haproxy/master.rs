@@ -136,8 +136,9 @@ impl MasterSocket {
         Ok(())
     }
 
-    /// Reloads and waits for the outcome; returns the new worker's PID.
-    pub async fn reload(&self) -> Result<u32, String> {
+    /// Reloads and waits for the outcome; returns the new worker's PID and how many older
+    /// workers are still finishing their connections.
+    pub async fn reload(&self) -> Result<(u32, usize), String> {
         let before = self.show_proc().await?;
         self.send_reload().await.map_err(|e| {
             format!(
@@ -163,7 +164,8 @@ impl MasterSocket {
                 if now.reloads > before.reloads {
                     let old: Vec<u32> = before.workers.iter().map(|(p, _)| *p).collect();
                     if let Some(pid) = now.current_workers().find(|p| !old.contains(p)) {
-                        return Ok(pid);
+                        let lingering = now.workers.len() - now.current_workers().count();
+                        return Ok((pid, lingering));
                     }
                 }
             }

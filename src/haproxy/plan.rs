@@ -423,8 +423,12 @@ impl fmt::Display for Plan {
 /// Decides how the change from `old` (what HAProxy runs) to `new` is applied; see the module
 /// documentation for the rules.
 pub fn plan(old: &str, new: &str) -> Plan {
-    let (old, new) = (parse(old), parse(new));
-    match diff(&old, &new) {
+    plan_parsed(&parse(old), &parse(new))
+}
+
+/// [`plan`] over texts already parsed.
+pub fn plan_parsed(old: &Config, new: &Config) -> Plan {
+    match diff(old, new) {
         Ok(ops) if ops.is_empty() => Plan::Nothing,
         Ok(ops) => Plan::Runtime(ops),
         Err(reason) => Plan::Reload { reason },

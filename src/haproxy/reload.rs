@@ -4,6 +4,9 @@ use super::master::MasterSocket;
 use std::time::Duration;
 use tokio::process::Command;
 
+/// More old workers than this after a reload earn a warning.
+const OLD_WORKERS_WARN: usize = 5;
+
 /// Makes HAProxy load the files on disk; `Ok` only once the reload is known to have worked.
 pub trait Reload {
     fn reload(&self) -> impl std::future::Future<Output = Result<String, String>> + Send;
@@ -30,7 +33,19 @@ impl Reload for Reloader {
     async fn reload(&self) -> Result<String, String> {
         match self {
             Reloader::None => Ok("no reload configured".into()),
-            Reloader::Master(m) => m.reload().await.map(|pid| format!("new worker pid {pid}")),
+            Reloader::Master(m) => {
+                let (pid, old) = m.reload().await?;
+                if old > OLD_WORKERS_WARN {
+                    // hard-stop-after and mworker-max-reloads in the base config bound them.
+                    tracing::warn!(
+                        old_workers = old,
+                        "old HAProxy workers are piling up (long-lived connections?); check hard-stop-after and mworker-max-reloads"
+                    );
+                }
+                Ok(format!(
+                    "new worker pid {pid}, {old} old worker(s) finishing"
+                ))
+            }
             Reloader::Command { cmd, timeout } => {
                 let mut c = Command::new("sh");
                 c.arg("-c")

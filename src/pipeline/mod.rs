@@ -9,17 +9,28 @@
 //!
 //! One task owns all state, so there is exactly one render and at most one reload in flight;
 //! whatever arrives meanwhile waits in the channel and is coalesced into the next apply. The
-//! I/O at the edges (validation, reload) sits behind the [`Validate`] and [`Reload`] seams.
+//! I/O at the edges (validation, reload, the runtime API) sits behind the [`Validate`],
+//! [`Reload`] and [`RuntimeUpdate`] seams.
+//!
+//! With a runtime API ([`Pipeline::with_runtime`]), each apply first chooses its path
+//! ([`route::choose`]): a change that only adds, removes or re-weights servers of backends
+//! HAProxy already runs is sent as runtime commands and read back at once, then the candidate
+//! is validated and written as usual so that the next reload starts HAProxy in the same state;
+//! anything else — or a runtime command HAProxy refuses, or a read-back that differs, or a
+//! candidate `haproxy -c` refuses after all — ends in a reload of the files on disk, so
+//! HAProxy never stays diverged from them.
 
 pub mod debounce;
+pub mod route;
 
 use crate::backoff::Backoff;
 use crate::catalog::Catalog;
 use crate::etcd::WatchEvent;
-use crate::haproxy::{CheckError, Reload, Validate};
+use crate::haproxy::{CheckError, Reload, RuntimeUpdate, Validate};
 use crate::output::{read_live, Staged};
 use crate::render::Renderer;
 use debounce::Debounce;
+use route::Route;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -66,6 +77,10 @@ pub struct Stats {
     pub validation_failures: u64,
     pub reloads: u64,
     pub reload_failures: u64,
+    /// Applies done through the runtime API alone (no reload).
+    pub runtime_applies: u64,
+    /// Runtime applies that failed or read back wrong, and fell back to a reload.
+    pub runtime_fallbacks: u64,
 }
 
 /// What one apply did.
@@ -88,6 +103,8 @@ pub struct Pipeline<V, R> {
     validator: Option<V>,
     reloader: R,
     reload_enabled: bool,
+    /// The runtime API fast path, if configured.
+    runtime: Option<Box<dyn RuntimeUpdate>>,
     timing: Timing,
     debounce: Debounce,
     /// Content of each output as last written (or found at start).
@@ -134,6 +151,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             validator,
             reloader,
             reload_enabled,
+            runtime: None,
             debounce: Debounce::new(timing.debounce, timing.debounce_max),
             retry: Backoff::new(timing.retry_min, timing.retry_max),
             apply_retry: Backoff::new(timing.retry_min, timing.retry_max),
@@ -150,6 +168,13 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             last_reload: None,
             stats: Stats::default(),
         })
+    }
+
+    /// Applies server-set changes through `runtime` instead of reloading (needs a reloader, for
+    /// every other change and for the fallback).
+    pub fn with_runtime(mut self, runtime: Box<dyn RuntimeUpdate>) -> Self {
+        self.runtime = Some(runtime);
+        self
     }
 
     /// Takes one input into the state; returns whether it calls for a new render.
@@ -193,10 +218,15 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             (Some(d), Some(r)) => d.min(r),
             (d, r) => d.or(r)?,
         };
-        Some(match (self.reload_enabled, self.last_reload) {
-            (true, Some(last)) => due.max(last + self.timing.min_reload_interval),
-            _ => due,
-        })
+        // Without a runtime API every apply reloads; with one, only a pending reload is worth
+        // coalescing into (a server change goes through at once).
+        let holds_back = self.runtime.is_none() || self.reload_pending;
+        Some(
+            match (self.reload_enabled && holds_back, self.last_reload) {
+                (true, Some(last)) => due.max(last + self.timing.min_reload_interval),
+                _ => due,
+            },
+        )
     }
 
     /// When the next piece of work is due, if any.
@@ -269,11 +299,44 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         {
             return Applied::Rejected("candidate unchanged since haproxy -c refused it".into());
         }
+        let route = self.route(&candidates, &changed, first);
+        // The fast path goes first: HAProxy routes by the new servers before `haproxy -c` ends.
+        let runtime_outcome = match (&route, &self.runtime) {
+            (Route::Runtime { ops, expected }, Some(rt)) if !ops.is_empty() => {
+                Some(rt.apply(ops, expected).await)
+            }
+            _ => None,
+        };
         let (written, result) = self.validate_and_write(&candidates, &changed).await;
         for &i in &written {
             self.live[i] = candidates[i].take();
         }
-        if !written.is_empty() && self.reload_enabled {
+        let (path, reason) = match (&route, &runtime_outcome) {
+            (Route::Reload(reason), _) => ("reload", reason.clone()),
+            (Route::Runtime { ops, .. }, None) if ops.is_empty() => (
+                "none",
+                "the outputs changed in ways HAProxy does not see".into(),
+            ),
+            (Route::Runtime { ops, .. }, Some(Ok(detail))) => {
+                ("runtime", format!("{}; {detail}", describe(ops)))
+            }
+            (Route::Runtime { ops, .. }, Some(Err(e))) => {
+                self.stats.runtime_fallbacks += 1;
+                tracing::warn!(error = %e, ops = %describe(ops), "runtime update failed; falling back to a reload");
+                (
+                    "reload",
+                    format!("fallback: the runtime update failed: {e}"),
+                )
+            }
+            (Route::Runtime { .. }, None) => ("reload", "no runtime API".into()),
+        };
+        let reload = match path {
+            "reload" => !written.is_empty() || runtime_outcome.is_some(),
+            // Applied at runtime but not written: reload the files so HAProxy matches them.
+            "runtime" => result.is_err(),
+            _ => false,
+        };
+        if reload && self.reload_enabled {
             self.schedule_reload();
         }
         match result {
@@ -285,7 +348,12 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                 self.refused = None;
                 self.apply_retry.reset();
                 self.stats.writes += 1;
+                if path == "runtime" {
+                    self.stats.runtime_applies += 1;
+                }
                 tracing::info!(
+                    path,
+                    %reason,
                     outputs = ?paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
                     endpoints = self.catalog.endpoint_count(),
                     ?render_time,
@@ -307,6 +375,28 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                 Applied::Rejected(e)
             }
         }
+    }
+
+    /// The path this apply takes (see [`route::choose`]); always a reload without a runtime API,
+    /// at the first apply, and while a reload is pending anyway (HAProxy does not run the live
+    /// files yet, so they are no base to compare with).
+    fn route(&self, candidates: &[Option<String>], changed: &[usize], first: bool) -> Route {
+        let why_not = if self.runtime.is_none() || !self.reload_enabled {
+            Some("no --runtime-socket")
+        } else if first {
+            Some("first update since start")
+        } else if self.reload_pending {
+            Some("a reload is pending")
+        } else {
+            None
+        };
+        if let Some(why) = why_not {
+            return Route::Reload(why.into());
+        }
+        let specs = self.renderer.specs();
+        route::choose(&self.live, candidates, changed, |i| {
+            format!("--output {}", specs[i].output.display())
+        })
     }
 
     /// Stages the changed outputs, validates the whole set, then renames each over its live
@@ -387,6 +477,9 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
     /// Reloads HAProxy; on failure schedules a retry with backoff.
     pub async fn reload(&mut self) -> bool {
         let started = Instant::now();
+        if let Some(rt) = &self.runtime {
+            rt.before_reload().await;
+        }
         let result = self.reloader.reload().await;
         self.last_reload = Some(Instant::now());
         match result {
@@ -395,6 +488,9 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                 self.reload_pending = false;
                 self.reload_at = None;
                 self.retry.reset();
+                if let Some(rt) = &self.runtime {
+                    rt.after_reload();
+                }
                 tracing::info!(took = ?started.elapsed(), %detail, "HAProxy reloaded");
                 true
             }
@@ -453,6 +549,21 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
     }
 }
 
+/// The first few operations, for logs.
+fn describe(ops: &[crate::haproxy::plan::Op]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = ops
+        .iter()
+        .take(SHOWN)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if ops.len() > SHOWN {
+        text.push_str(&format!(" and {} more", ops.len() - SHOWN));
+    }
+    text
+}
+
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -460,5 +571,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+#[cfg(test)]
+mod runtime_tests;
 #[cfg(test)]
 mod tests;

@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 /// Refuses candidates that contain `refuse`; fails to run `unavailable` more times; records
 /// what it was asked to check.
 #[derive(Clone, Default)]
-struct FakeValidator {
-    refuse: Arc<Mutex<Option<String>>>,
-    unavailable: Arc<Mutex<u32>>,
-    calls: Arc<Mutex<usize>>,
+pub(super) struct FakeValidator {
+    pub(super) refuse: Arc<Mutex<Option<String>>>,
+    pub(super) unavailable: Arc<Mutex<u32>>,
+    pub(super) calls: Arc<Mutex<usize>>,
 }
 
 impl Validate for FakeValidator {
@@ -45,9 +45,9 @@ impl Validate for FakeValidator {
 
 /// Fails the next `fail` reloads, then succeeds; counts attempts.
 #[derive(Clone, Default)]
-struct FakeReloader {
-    fail: Arc<Mutex<u32>>,
-    attempts: Arc<Mutex<u32>>,
+pub(super) struct FakeReloader {
+    pub(super) fail: Arc<Mutex<u32>>,
+    pub(super) attempts: Arc<Mutex<u32>>,
 }
 
 impl Reload for FakeReloader {
@@ -62,15 +62,15 @@ impl Reload for FakeReloader {
     }
 }
 
-struct Setup {
-    _dir: tempfile::TempDir,
-    out: PathBuf,
-    p: Pipeline<FakeValidator, FakeReloader>,
-    v: FakeValidator,
-    r: FakeReloader,
+pub(super) struct Setup {
+    pub(super) _dir: tempfile::TempDir,
+    pub(super) out: PathBuf,
+    pub(super) p: Pipeline<FakeValidator, FakeReloader>,
+    pub(super) v: FakeValidator,
+    pub(super) r: FakeReloader,
 }
 
-fn setup() -> Setup {
+pub(super) fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("backends.cfg");
     let renderer = Renderer::new(vec![TemplateSpec {
@@ -98,7 +98,7 @@ fn setup() -> Setup {
     }
 }
 
-fn snapshot(keys: &[&str]) -> Input {
+pub(super) fn snapshot(keys: &[&str]) -> Input {
     Input::Etcd(WatchEvent::Snapshot {
         revision: 1,
         services: vec![(
@@ -110,7 +110,7 @@ fn snapshot(keys: &[&str]) -> Input {
     })
 }
 
-fn put(key: &str, value: &str) -> Input {
+pub(super) fn put(key: &str, value: &str) -> Input {
     Input::Etcd(WatchEvent::Changes {
         service: 0,
         revision: 2,

@@ -57,6 +57,22 @@ pub struct WatcherArgs {
     #[arg(long, env = "DOCKREG_RELOAD_CMD")]
     pub reload_cmd: Option<String>,
 
+    /// HAProxy's admin socket (`stats socket … level admin`): apply changes that only add,
+    /// remove or re-weight servers of running backends through the runtime API, without a
+    /// reload. Needs --master-socket or --reload-cmd, for every other change and as fallback.
+    #[arg(long, env = "DOCKREG_RUNTIME_SOCKET")]
+    pub runtime_socket: Option<PathBuf>,
+
+    /// How long a server removed at runtime may finish its requests (in maintenance, taking no
+    /// new one) before its remaining sessions are shut down and it is deleted.
+    #[arg(long, env = "DOCKREG_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Save `show servers state` here before each reload, for the base configuration's
+    /// `server-state-file` / `load-server-state-from-file` (health and weights survive).
+    #[arg(long, env = "DOCKREG_SERVER_STATE_FILE", requires = "runtime_socket")]
+    pub server_state_file: Option<PathBuf>,
+
     /// How long a reload (and a validation) may take before it counts as failed.
     #[arg(long, env = "DOCKREG_RELOAD_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub reload_timeout: Duration,
@@ -194,6 +210,14 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("/nonexistent.tera"));
+    }
+
+    #[test]
+    fn server_state_file_needs_the_runtime_socket() {
+        let r = WatcherArgs::try_parse_from(["x", "--server-state-file", "/s"]);
+        assert!(r.unwrap_err().to_string().contains("--runtime-socket"));
+        let a = parse(&["--runtime-socket", "/a", "--server-state-file", "/s"]);
+        assert_eq!(a.drain_timeout, Duration::from_secs(30));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! `dockreg-haproxy`: wiring of the etcd watch, the template watch and the change pipeline,
-//! and the one-shot `--once` and `--dry-run` modes.
+//! `dockreg-haproxy`: wiring of the etcd watch, the template watch, the change pipeline and
+//! its runtime API fast path, and the one-shot `--once` and `--dry-run` modes.
 
 pub mod args;
 mod templates;
@@ -8,7 +8,9 @@ pub use args::WatcherArgs;
 
 use crate::catalog::Catalog;
 use crate::etcd::{list_services, watch_services};
-use crate::haproxy::{MasterSocket, Reloader, Validator};
+use crate::haproxy::{
+    MasterSocket, Reloader, RuntimeApplier, RuntimePath, RuntimeSocket, Validator,
+};
 use crate::output::unified_diff;
 use crate::pipeline::{Applied, Input, Pipeline};
 use crate::render::Renderer;
@@ -72,7 +74,8 @@ fn build(args: &WatcherArgs) -> Result<Pipeline<Validator, Reloader>> {
     }
     let reloader = reloader(args);
     let enabled = !reloader.is_none();
-    Pipeline::new(
+    let runtime = runtime_path(args, enabled)?;
+    let pipeline = Pipeline::new(
         catalog,
         renderer,
         validator(args)?,
@@ -80,8 +83,82 @@ fn build(args: &WatcherArgs) -> Result<Pipeline<Validator, Reloader>> {
         enabled,
         args.timing(),
     )
-    .context("reading the live output files")
+    .context("reading the live output files")?;
+    Ok(match runtime {
+        Some(rt) => pipeline.with_runtime(Box::new(rt)),
+        None => pipeline,
+    })
 }
+
+/// The runtime fast path, if `--runtime-socket` is given.
+fn runtime_path(args: &WatcherArgs, reload_enabled: bool) -> Result<Option<RuntimePath>> {
+    let Some(socket) = &args.runtime_socket else {
+        return Ok(None);
+    };
+    if !reload_enabled {
+        bail!(
+            "--runtime-socket {}: needs --master-socket or --reload-cmd too (changes the runtime API cannot make, and failed runtime updates, reload HAProxy)",
+            socket.display()
+        );
+    }
+    if let Some(dir) = args
+        .server_state_file
+        .as_ref()
+        .and_then(|f| f.parent())
+        .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+    {
+        bail!(
+            "--server-state-file: folder {} does not exist",
+            dir.display()
+        );
+    }
+    let socket = RuntimeSocket {
+        path: socket.clone(),
+        timeout: RUNTIME_COMMAND_TIMEOUT,
+    };
+    Ok(Some(RuntimePath {
+        applier: RuntimeApplier::new(socket, args.drain_timeout),
+        state_file: args.server_state_file.clone(),
+    }))
+}
+
+/// Creates an empty `--server-state-file` (format version 1) if there is none, so HAProxy's
+/// `load-server-state-from-file` finds a valid file before the first save.
+fn prepare_state_file(args: &WatcherArgs) -> Result<()> {
+    if let Some(path) = args.server_state_file.as_ref().filter(|p| !p.exists()) {
+        std::fs::write(path, "1\n")
+            .with_context(|| format!("--server-state-file {}", path.display()))?;
+    }
+    if let (Some(_), Some(base)) = (&args.runtime_socket, &args.haproxy_config) {
+        warn_on_default_server(base);
+    }
+    Ok(())
+}
+
+/// Servers added through the runtime API do not inherit `default-server`: one in the base
+/// configuration's `defaults` makes them differ from the same servers after a reload.
+fn warn_on_default_server(base: &std::path::Path) {
+    let Ok(text) = std::fs::read_to_string(base) else {
+        return;
+    };
+    let config = crate::haproxy::plan::parse(&text);
+    for section in config.sections.iter().filter(|s| s.kind == "defaults") {
+        if section
+            .directives
+            .iter()
+            .any(|d| d.words.first().is_some_and(|w| w == "default-server"))
+        {
+            tracing::warn!(
+                file = %base.display(),
+                section = %section.ident(),
+                "--haproxy-config has a `default-server` line; servers added through the runtime API do not inherit it (put those settings on the template's server lines)"
+            );
+        }
+    }
+}
+
+/// How long one runtime API command may take (HAProxy answers in well under a millisecond).
+const RUNTIME_COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs the watcher as the flags say; the exit code reflects `--once`/`--dry-run` failures.
 pub async fn run(args: WatcherArgs) -> Result<ExitCode> {
@@ -89,6 +166,7 @@ pub async fn run(args: WatcherArgs) -> Result<ExitCode> {
     if args.once || args.dry_run {
         return one_shot(args, pipeline).await;
     }
+    prepare_state_file(&args)?;
     let (tx, rx) = mpsc::channel::<Input>(1024);
     let (etcd_tx, mut etcd_rx) = mpsc::channel(1024);
     let prefixes = args.service_prefixes()?;
