@@ -7,13 +7,15 @@ pub enum LogFormat {
     Json,
 }
 
-/// Structured logs on stderr; `RUST_LOG` overrides the default level (`info`).
+/// Structured logs on stderr; `RUST_LOG` overrides the default level (`info`). Colours only
+/// when stderr is a terminal, so log files and journald get plain `key=value` text.
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     match format {
         LogFormat::Text => builder.init(),

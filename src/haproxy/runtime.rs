@@ -79,20 +79,26 @@ impl RuntimeSocket {
     }
 
     /// Writes `show servers state` to `path` (atomically), for HAProxy's
-    /// `load-server-state-from-file` at the next reload.
-    pub async fn save_state(&self, path: &Path) -> Result<usize, String> {
-        let text = self.command("show servers state").await?;
+    /// `load-server-state-from-file` at the next reload, keeping only what agrees with
+    /// `configs` (see [`state_for`]). Returns the servers saved and left out.
+    pub async fn save_state(
+        &self,
+        path: &Path,
+        configs: &[&str],
+    ) -> Result<(usize, usize), String> {
+        let dump = self.command("show servers state").await?;
         // Check it is the state dump and not an error before it replaces the last good one.
-        let servers = ServerState::parse_all(&text).map_err(|e| {
+        let (text, dropped) = state_for(&dump, configs).map_err(|e| {
             format!(
                 "--runtime-socket {}: `show servers state`: {e}",
                 self.path.display()
             )
         })?;
+        let saved = text.lines().count().saturating_sub(2);
         crate::output::Staged::write(path, &text)
             .and_then(|s| s.commit())
             .map_err(|e| format!("--server-state-file {}: {e}", path.display()))?;
-        Ok(servers.len())
+        Ok((saved, dropped))
     }
 }
 
@@ -120,9 +126,33 @@ impl ServerState {
     /// Parses the dump (format version 1, columns found by their names in the header line).
     pub fn parse_all(text: &str) -> Result<Vec<ServerState>, String> {
         let mut lines = text.lines();
+        let Some(columns) = Columns::read(&mut lines)? else {
+            return Ok(Vec::new());
+        };
+        lines
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| columns.parse(l))
+            .collect()
+    }
+}
+
+/// Where the fields are in `show servers state` lines.
+struct Columns {
+    backend: usize,
+    name: usize,
+    addr: usize,
+    op: usize,
+    admin: usize,
+    weight: usize,
+    port: usize,
+}
+
+impl Columns {
+    /// Reads the version line and the header; `None` for an empty answer.
+    fn read<'a>(lines: &mut impl Iterator<Item = &'a str>) -> Result<Option<Columns>, String> {
         match lines.next().map(str::trim) {
             Some("1") => {}
-            Some("") | None => return Ok(Vec::new()),
+            Some("") | None => return Ok(None),
             Some(other) => return Err(format!("unexpected answer {other:?}")),
         }
         let header = lines.next().ok_or("no header line")?;
@@ -132,41 +162,84 @@ impl ServerState {
                 .position(|c| *c == name)
                 .ok_or_else(|| format!("no column {name} in the header"))
         };
-        let (be, name, addr, op, admin, weight, port) = (
-            col("be_name")?,
-            col("srv_name")?,
-            col("srv_addr")?,
-            col("srv_op_state")?,
-            col("srv_admin_state")?,
-            col("srv_uweight")?,
-            col("srv_port")?,
-        );
-        let mut out = Vec::new();
-        for line in lines.filter(|l| !l.trim().is_empty()) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let get = |i: usize| {
-                f.get(i)
-                    .copied()
-                    .ok_or_else(|| format!("short line {line:?}"))
-            };
-            let num = |i: usize| -> Result<u32, String> {
-                get(i)?
-                    .parse()
-                    .map_err(|_| format!("not a number in column {i} of {line:?}"))
-            };
-            out.push(ServerState {
-                backend: get(be)?.to_string(),
-                name: get(name)?.to_string(),
-                addr: get(addr)?.to_string(),
-                port: u16::try_from(num(port)?).map_err(|_| format!("bad port in {line:?}"))?,
-                op_state: num(op)?,
-                admin_state: num(admin)?,
-                weight: u16::try_from(num(weight)?)
-                    .map_err(|_| format!("bad weight in {line:?}"))?,
-            });
-        }
-        Ok(out)
+        Ok(Some(Columns {
+            backend: col("be_name")?,
+            name: col("srv_name")?,
+            addr: col("srv_addr")?,
+            op: col("srv_op_state")?,
+            admin: col("srv_admin_state")?,
+            weight: col("srv_uweight")?,
+            port: col("srv_port")?,
+        }))
     }
+
+    fn parse(&self, line: &str) -> Result<ServerState, String> {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let get = |i: usize| {
+            f.get(i)
+                .copied()
+                .ok_or_else(|| format!("short line {line:?}"))
+        };
+        let num = |i: usize| -> Result<u32, String> {
+            get(i)?
+                .parse()
+                .map_err(|_| format!("not a number in column {i} of {line:?}"))
+        };
+        Ok(ServerState {
+            backend: get(self.backend)?.to_string(),
+            name: get(self.name)?.to_string(),
+            addr: get(self.addr)?.to_string(),
+            port: u16::try_from(num(self.port)?).map_err(|_| format!("bad port in {line:?}"))?,
+            op_state: num(self.op)?,
+            admin_state: num(self.admin)?,
+            weight: u16::try_from(num(self.weight)?)
+                .map_err(|_| format!("bad weight in {line:?}"))?,
+        })
+    }
+}
+
+/// Keeps the lines of a `show servers state` dump that agree with `configs` (the files the
+/// next worker loads): a server whose address or port there differs from HAProxy's is left
+/// out, because HAProxy would restore the saved port over the configured one. Returns the
+/// text and how many servers were left out.
+pub fn state_for(dump: &str, configs: &[&str]) -> Result<(String, usize), String> {
+    let mut want: HashMap<(String, String), (String, u16)> = HashMap::new();
+    for config in configs {
+        for section in super::plan::parse(config).sections {
+            if !section.has_servers() {
+                continue;
+            }
+            let Some(backend) = section.name else {
+                continue;
+            };
+            for s in section.servers {
+                want.insert((backend.clone(), s.name), (s.addr, s.port));
+            }
+        }
+    }
+    let mut lines = dump.lines();
+    let mut out = String::with_capacity(dump.len());
+    let Some(columns) = Columns::read(&mut lines.clone())? else {
+        return Ok((String::new(), 0));
+    };
+    for header in lines.by_ref().take(2) {
+        out.push_str(header);
+        out.push('\n');
+    }
+    let mut dropped = 0;
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        let s = columns.parse(line)?;
+        let agrees = want
+            .get(&(s.backend, s.name))
+            .is_none_or(|(addr, port)| *addr == s.addr && *port == s.port);
+        if agrees {
+            out.push_str(line);
+            out.push('\n');
+        } else {
+            dropped += 1;
+        }
+    }
+    Ok((out, dropped))
 }
 
 /// Applies plans through the runtime API and drains removed servers in the background.
@@ -308,32 +381,41 @@ impl RuntimeApplier {
             if !self.still_draining(&id, generation) {
                 return; // revived, or forgotten after a reload
             }
-            match self.socket.command(&format!("del server {id}")).await {
-                Ok(answer) if answer.trim() == "Server deleted." => {
+            let answer = match self.socket.command(&format!("del server {id}")).await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    tracing::debug!(server = %id, error = %e, "deletion attempt failed");
+                    String::new()
+                }
+            };
+            match answer.trim() {
+                "Server deleted." => {
                     tracing::info!(server = %id, drained_in = ?started.elapsed(), forced, "removed server deleted after draining");
                     break;
                 }
-                Ok(answer) if answer.trim() == "No such server." => {
+                "No such server." => {
                     tracing::debug!(server = %id, "draining server already gone (a reload dropped it)");
                     break;
                 }
-                Ok(answer) if Instant::now() >= deadline && !forced => {
-                    tracing::warn!(server = %id, drain_timeout = ?self.drain_timeout, last_answer = %answer.trim(), "server still busy at --drain-timeout; shutting its sessions down");
-                    if let Err(e) = self
-                        .socket
-                        .exec(&format!("shutdown sessions server {id}"))
-                        .await
-                    {
-                        tracing::warn!(server = %id, error = %e, "could not shut the sessions down");
-                    }
-                    forced = true;
+                _ => {}
+            }
+            let now = Instant::now();
+            if now >= deadline && !forced {
+                tracing::warn!(server = %id, drain_timeout = ?self.drain_timeout, "server still busy at --drain-timeout; shutting its sessions down");
+                if let Err(e) = self
+                    .socket
+                    .exec(&format!("shutdown sessions server {id}"))
+                    .await
+                {
+                    tracing::warn!(server = %id, error = %e, "could not shut the sessions down");
                 }
-                Ok(answer) if forced && Instant::now() >= deadline + self.drain_timeout => {
-                    tracing::error!(server = %id, last_answer = %answer.trim(), "HAProxy still refuses to delete the server; it stays in maintenance until the next reload");
-                    break;
-                }
-                Ok(_) => {}
-                Err(e) => tracing::debug!(server = %id, error = %e, "deletion attempt failed"),
+                forced = true;
+            } else if forced && now >= deadline + self.drain_timeout {
+                tracing::error!(server = %id, last_answer = %answer.trim(), "HAProxy still refuses to delete the server; it stays in maintenance until the next reload");
+                break;
+            }
+            if let Err(e) = self.purge_idle(&id).await {
+                tracing::debug!(server = %id, error = %e, "cannot read the server's connections");
             }
             tokio::time::sleep(DRAIN_POLL).await;
         }
@@ -342,6 +424,64 @@ impl RuntimeApplier {
             map.remove(&id);
         }
     }
+
+    /// Once a draining server serves no request, closes its idle pooled connections, which
+    /// would otherwise keep `del server` refused: HAProxy drops them when the address
+    /// changes, and the unspecified address is safe on a server in maintenance (no request and
+    /// no health check goes to it).
+    async fn purge_idle(&self, id: &str) -> Result<(), String> {
+        let Some((backend, _)) = id.split_once('/') else {
+            return Ok(());
+        };
+        let text = self
+            .socket
+            .command(&format!("show servers conn {backend}"))
+            .await?;
+        let Some((used, addr)) = used_connections(&text, id)? else {
+            return Ok(());
+        };
+        if used == 0 && addr != "0.0.0.0" && addr != "::" {
+            let unspecified = if addr.contains(':') { "::" } else { "0.0.0.0" };
+            let answer = self
+                .socket
+                .command(&format!("set server {id} addr {unspecified}"))
+                .await?;
+            tracing::debug!(server = %id, answer = %answer.trim(), "idle connections of a drained server closed");
+        }
+        Ok(())
+    }
+}
+
+/// The requests in progress on server `id` (`backend/server`) and its address, from
+/// `show servers conn`; `None` if it is not listed.
+pub fn used_connections(text: &str, id: &str) -> Result<Option<(u32, String)>, String> {
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    if !header.starts_with('#') {
+        return Err(format!("`show servers conn`: unexpected answer {header:?}"));
+    }
+    let cols: Vec<&str> = header.trim_start_matches('#').split_whitespace().collect();
+    let at = |name: &str| {
+        cols.iter()
+            .position(|c| *c == name)
+            .ok_or_else(|| format!("`show servers conn`: no column {name}"))
+    };
+    let (used, addr) = (at("used_cur")?, at("addr")?);
+    for line in lines {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.first() != Some(&id) {
+            continue;
+        }
+        let n = f
+            .get(used)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("`show servers conn`: bad line {line:?}"))?;
+        return Ok(Some((
+            n,
+            f.get(addr).copied().unwrap_or_default().to_string(),
+        )));
+    }
+    Ok(None)
 }
 
 /// A boxed future, for the object-safe [`RuntimeUpdate`] seam.
@@ -357,8 +497,9 @@ pub trait RuntimeUpdate: Send + Sync {
         expected: &'a BTreeMap<String, Vec<Server>>,
     ) -> BoxFuture<'a, Result<String, String>>;
 
-    /// Runs before each reload: saves the server state for the next worker.
-    fn before_reload(&self) -> BoxFuture<'_, ()>;
+    /// Runs before each reload of `configs` (the files' texts): saves the server state for
+    /// the next worker.
+    fn before_reload<'a>(&'a self, configs: &'a [&'a str]) -> BoxFuture<'a, ()>;
 
     /// Runs after a reload worked: the new worker holds no draining server.
     fn after_reload(&self);
@@ -381,15 +522,21 @@ impl RuntimeUpdate for RuntimePath {
         Box::pin(self.applier.apply(ops, expected))
     }
 
-    fn before_reload(&self) -> BoxFuture<'_, ()> {
+    fn before_reload<'a>(&'a self, configs: &'a [&'a str]) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let Some(path) = &self.state_file else {
                 return;
             };
-            match self.applier.socket.save_state(path).await {
-                Ok(n) => {
-                    tracing::debug!(file = %path.display(), servers = n, "server state saved")
+            match self.applier.socket.save_state(path, configs).await {
+                Ok((saved, 0)) => {
+                    tracing::debug!(file = %path.display(), servers = saved, "server state saved")
                 }
+                Ok((saved, dropped)) => tracing::warn!(
+                    file = %path.display(),
+                    servers = saved,
+                    left_out = dropped,
+                    "server state saved without servers whose address in HAProxy differs from the configuration"
+                ),
                 // The reload goes on: servers then start as the configuration says.
                 Err(e) => tracing::warn!(error = %e, "could not save the server state"),
             }
@@ -491,6 +638,41 @@ mod tests {
         assert!(ServerState::parse_all("").unwrap().is_empty());
         assert!(ServerState::parse_all("Unknown command.\n").is_err());
         assert!(ServerState::parse_all("1\n# be_name\n").is_err());
+    }
+
+    #[test]
+    fn saved_state_leaves_out_servers_the_configuration_moved() {
+        let config = "backend service\n    server 127.0.0.1_9101 127.0.0.1:9101 check\n    server 127.0.0.1_9102 127.0.0.1:9999 check\n";
+        let (text, dropped) = state_for(STATE, &[config]).unwrap();
+        assert_eq!(dropped, 1);
+        assert!(text.starts_with("1\n# be_id"), "{text}");
+        assert!(text.contains("127.0.0.1_9101"));
+        assert!(!text.contains("127.0.0.1_9102"));
+        // Servers the configuration does not name are kept (HAProxy ignores them).
+        let (text, dropped) = state_for(STATE, &[]).unwrap();
+        assert_eq!(
+            (dropped, ServerState::parse_all(&text).unwrap().len()),
+            (0, 2)
+        );
+        assert!(state_for("Permission denied.\n", &[]).is_err());
+    }
+
+    #[test]
+    fn reads_connections_in_use() {
+        let text = "# bkname/svname bkid/svid addr port - purge_delay used_cur used_max need_est unsafe_nb safe_nb idle_lim idle_cur idle_per_thr[2]
+service/s1 4/1 127.0.0.1 9201 - 5000 2 3 1 1 0 -1 1 1 0
+service/s2 4/2 ::1 9202 - 5000 0 1 1 1 0 -1 1 1 0
+";
+        assert_eq!(
+            used_connections(text, "service/s1").unwrap(),
+            Some((2, "127.0.0.1".into()))
+        );
+        assert_eq!(
+            used_connections(text, "service/s2").unwrap(),
+            Some((0, "::1".into()))
+        );
+        assert_eq!(used_connections(text, "service/s3").unwrap(), None);
+        assert!(used_connections("Can't find backend.\n", "b/s").is_err());
     }
 
     #[test]

@@ -352,7 +352,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                     self.stats.runtime_applies += 1;
                 }
                 tracing::info!(
-                    path,
+                    path = %path,
                     %reason,
                     outputs = ?paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
                     endpoints = self.catalog.endpoint_count(),
@@ -478,7 +478,8 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
     pub async fn reload(&mut self) -> bool {
         let started = Instant::now();
         if let Some(rt) = &self.runtime {
-            rt.before_reload().await;
+            let configs: Vec<&str> = self.live.iter().flatten().map(String::as_str).collect();
+            rt.before_reload(&configs).await;
         }
         let result = self.reloader.reload().await;
         self.last_reload = Some(Instant::now());

@@ -44,7 +44,7 @@ impl RuntimeUpdate for FakeRuntime {
         })
     }
 
-    fn before_reload(&self) -> BoxFuture<'_, ()> {
+    fn before_reload<'a>(&'a self, _configs: &'a [&'a str]) -> BoxFuture<'a, ()> {
         Box::pin(async move { *self.before_reloads.lock().unwrap() += 1 })
     }
 

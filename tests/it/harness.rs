@@ -378,7 +378,16 @@ async fn serve(mut conn: TcpStream, me: SocketAddr, hits: Arc<AtomicU64>) {
         let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
         let close = head.contains("connection: close");
         buf.drain(..end);
+        // `GET /slow/<ms>` answers after that many milliseconds (an in-flight request).
+        let delay = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|path| path.strip_prefix("/slow/"))
+            .and_then(|ms| ms.parse().ok());
         hits.fetch_add(1, Ordering::Relaxed);
+        if let Some(ms) = delay {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         let body = Backends::id(me);
         let resp = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{}",
@@ -402,11 +411,16 @@ pub struct Response {
 
 /// A `GET /` on a new connection; `None` on a socket error.
 pub async fn get(addr: SocketAddr) -> Option<Response> {
+    get_path(addr, "/").await
+}
+
+/// A `GET <path>` on a new connection (backends answer `/slow/<ms>` that much later); `None`
+/// on a socket error or after 5 s.
+pub async fn get_path(addr: SocketAddr, path: &str) -> Option<Response> {
     let fut = async {
         let mut s = TcpStream::connect(addr).await.ok()?;
-        s.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).await.ok()?;
         let text = String::from_utf8_lossy(&raw).into_owned();

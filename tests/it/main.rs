@@ -3,5 +3,6 @@
 
 mod docker;
 mod harness;
+mod hitless;
 mod sidekick;
 mod watcher;

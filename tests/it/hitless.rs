@@ -1,0 +1,319 @@
+//! Hitless updates: server-set changes through HAProxy's runtime API with no reload, the
+//! fallback to a reload, reloads for everything else, and draining of removed servers —
+//! asserted through HAProxy's own state (`show proc`, `show servers state`) and real requests.
+
+use crate::harness::*;
+use std::path::Path;
+use std::time::Duration;
+
+/// The watcher with the runtime fast path on.
+fn hitless_watcher(w: &World, extra: &[&str]) -> Watcher {
+    let admin = w.haproxy.admin_socket.display().to_string();
+    let state = w.path().join("server-state").display().to_string();
+    let mut args = vec!["--runtime-socket", &admin, "--server-state-file", &state];
+    args.extend_from_slice(extra);
+    w.watcher(&args)
+}
+
+/// How many applies the watcher logged as taking `path`.
+fn applies(watcher: &Watcher, path: &str) -> usize {
+    watcher
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("configuration updated") && l.contains(&format!("path={path} ")))
+        .count()
+}
+
+/// Waits until the watcher has logged `n` applies through `path`.
+async fn wait_applies(watcher: &Watcher, path: &str, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while applies(watcher, path) < n {
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "timed out waiting for {n} apply(ies) with path={path}; watcher log:\n{}",
+                watcher.log_text()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Who answers `n` requests, asserted in one round with no retry: the change must already be
+/// in effect.
+async fn answers_now(w: &World, n: usize) -> Vec<String> {
+    who_answers(w.haproxy.http, n).await.into_keys().collect()
+}
+
+fn ids(b: &Backends, idx: &[usize]) -> Vec<String> {
+    let mut v: Vec<String> = idx.iter().map(|&i| Backends::id(b.addrs[i])).collect();
+    v.sort();
+    v
+}
+
+/// HAProxy's servers in `backend` as `(name, admin state)`, from `show servers state`.
+async fn haproxy_servers(w: &World, backend: &str) -> Vec<(String, u32)> {
+    let text = w
+        .haproxy
+        .admin(&format!("show servers state {backend}"))
+        .await;
+    let state = dockreg::haproxy::runtime::ServerState::parse_all(&text).expect("server state");
+    let mut v: Vec<_> = state.into_iter().map(|s| (s.name, s.admin_state)).collect();
+    v.sort();
+    v
+}
+
+fn server_name(addr: std::net::SocketAddr) -> String {
+    format!("{}_{}", addr.ip(), addr.port())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_changes_apply_at_once_without_a_reload() {
+    let mut w = World::new().await;
+    let b = Backends::start(3).await;
+    w.put(&b.key(0), "running").await;
+    let watcher = hitless_watcher(&w, &[]);
+    assert_routes_exactly(w.haproxy.http, &b.addrs[..1]).await;
+    let before = w.haproxy.show_proc().await;
+    let worker: Vec<u32> = before.current_workers().collect();
+
+    w.put(&b.key(1), "running").await;
+    wait_applies(&watcher, "runtime", 1).await;
+    assert_eq!(answers_now(&w, 8).await, ids(&b, &[0, 1]));
+
+    w.put(&b.key(2), "running").await;
+    wait_applies(&watcher, "runtime", 2).await;
+    assert_eq!(answers_now(&w, 10).await, ids(&b, &[0, 1, 2]));
+
+    w.put(&b.key(2), r#"{"weight":3}"#).await;
+    wait_applies(&watcher, "runtime", 3).await;
+    w.del(&b.key(0)).await;
+    wait_applies(&watcher, "runtime", 4).await;
+    assert_eq!(answers_now(&w, 120).await, ids(&b, &[1, 2]));
+
+    let after = w.haproxy.show_proc().await;
+    assert_eq!(
+        after.reloads, before.reloads,
+        "no reload for server changes"
+    );
+    assert_eq!(after.current_workers().collect::<Vec<_>>(), worker);
+    assert_eq!(
+        applies(&watcher, "reload"),
+        1,
+        "only the first apply reloads"
+    );
+    // HAProxy's state is the file's: the weight is there, and the removed server goes once
+    // it has drained (it had no request in flight).
+    let file = std::fs::read_to_string(&w.haproxy.output).unwrap();
+    assert!(
+        file.contains(&format!(
+            "server {} {} check weight 3",
+            server_name(b.addrs[2]),
+            b.addrs[2]
+        )),
+        "{file}"
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the removed server deleted",
+        || async {
+            let names: Vec<String> = haproxy_servers(&w, "service")
+                .await
+                .into_iter()
+                .map(|s| s.0)
+                .collect();
+            names == [server_name(b.addrs[1]), server_name(b.addrs[2])]
+        },
+    )
+    .await;
+    let text = w.haproxy.admin("show servers state service").await;
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&server_name(b.addrs[2]))
+                && l.split_whitespace().nth(7) == Some("3")),
+        "weight 3 in HAProxy: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_edit_reloads_and_state_survives_it() {
+    let mut w = World::new().await;
+    let b = Backends::start(2).await;
+    let template = w.path().join("backends.cfg.tera");
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/haproxy-backends.cfg.tera"),
+    )
+    .unwrap();
+    std::fs::write(&template, &shipped).unwrap();
+    w.put(&b.key(0), "running").await;
+    w.put(&b.key(1), "running").await;
+    let t = template.display().to_string();
+    let out = w.haproxy.output.display().to_string();
+    let watcher = hitless_watcher(&w, &["--template", &t, "--output", &out]);
+    assert_routes_exactly(w.haproxy.http, &b.addrs).await;
+    // An operator puts one server into maintenance by hand; a reload must keep that.
+    let id = format!("service/{}", server_name(b.addrs[1]));
+    assert_eq!(
+        w.haproxy
+            .admin(&format!("disable server {id}"))
+            .await
+            .trim(),
+        ""
+    );
+    assert_routes_exactly(w.haproxy.http, &b.addrs[..1]).await;
+    let before = w.haproxy.show_proc().await;
+
+    std::fs::write(&template, shipped.replace("retries 2", "retries 3")).unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "a reload for the template edit",
+        || async { w.haproxy.show_proc().await.reloads > before.reloads },
+    )
+    .await;
+    wait_applies(&watcher, "reload", 2).await;
+    let line = watcher
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("path=reload"))
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.contains("backend service"),
+        "the reason names the backend: {line}"
+    );
+    assert!(std::fs::read_to_string(&w.haproxy.output)
+        .unwrap()
+        .contains("retries 3"));
+    // The server state saved before the reload kept the manual maintenance.
+    assert_routes_exactly(w.haproxy.http, &b.addrs[..1]).await;
+    assert_eq!(w.haproxy.show_proc().await.failed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_runtime_command_falls_back_to_a_reload() {
+    let mut w = World::new().await;
+    let b = Backends::start(3).await;
+    w.put(&b.key(0), "running").await;
+    let watcher = hitless_watcher(&w, &[]);
+    assert_routes_exactly(w.haproxy.http, &b.addrs[..1]).await;
+    let before = w.haproxy.show_proc().await;
+    // Someone adds, by hand, a server under the name the watcher will want for backend 1,
+    // but pointing at backend 2: the watcher's `add server` is refused.
+    let name = server_name(b.addrs[1]);
+    let answer = w
+        .haproxy
+        .admin(&format!("add server service/{name} {}", b.addrs[2]))
+        .await;
+    assert_eq!(answer.trim(), "New server registered.");
+    assert_eq!(
+        w.haproxy
+            .admin(&format!("enable server service/{name}"))
+            .await
+            .trim(),
+        ""
+    );
+    assert_routes_exactly(w.haproxy.http, &[b.addrs[0], b.addrs[2]]).await;
+
+    w.put(&b.key(1), "running").await;
+    watcher.wait_log("falling back to a reload").await;
+    eventually(Duration::from_secs(15), "the fallback reload", || async {
+        w.haproxy.show_proc().await.reloads > before.reloads
+    })
+    .await;
+    // HAProxy now runs the file: backends 0 and 1, and the stray server is gone.
+    assert_routes_exactly(w.haproxy.http, &b.addrs[..2]).await;
+    assert_eq!(w.haproxy.show_proc().await.failed, 0);
+    // And the fast path is back for the next change.
+    w.put(&b.key(2), "running").await;
+    wait_applies(&watcher, "runtime", 1).await;
+    assert_eq!(answers_now(&w, 10).await, ids(&b, &[0, 1, 2]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_server_finishes_its_requests_in_flight() {
+    let mut w = World::new().await;
+    let b = Backends::start(2).await;
+    w.put(&b.key(1), "running").await;
+    let watcher = hitless_watcher(&w, &[]);
+    assert_routes_exactly(w.haproxy.http, &b.addrs[1..]).await;
+    let reloads = w.haproxy.show_proc().await.reloads;
+    // A slow request reaches backend 1, the only server...
+    let http = w.haproxy.http;
+    let hits = || b.hits.load(std::sync::atomic::Ordering::Relaxed);
+    let before = hits();
+    let slow = tokio::spawn(async move { get_path(http, "/slow/2000").await });
+    eventually(
+        Duration::from_secs(5),
+        "the slow request at backend 1",
+        || async { hits() > before },
+    )
+    .await;
+    // ...then backend 0 joins and backend 1 leaves while the request runs.
+    w.put(&b.key(0), "running").await;
+    w.del(&b.key(1)).await;
+    wait_applies(&watcher, "runtime", 2).await;
+    assert!(!slow.is_finished(), "the slow request is still in flight");
+    assert_eq!(
+        answers_now(&w, 6).await,
+        ids(&b, &[0]),
+        "no new request for backend 1"
+    );
+    let response = slow
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, Backends::id(b.addrs[1]));
+    // Drained: HAProxy deletes it, with no reload.
+    eventually(
+        Duration::from_secs(5),
+        "backend 1 deleted from HAProxy",
+        || async { haproxy_servers(&w, "service").await.len() == 1 },
+    )
+    .await;
+    watcher
+        .wait_log("removed server deleted after draining")
+        .await;
+    assert_eq!(w.haproxy.show_proc().await.reloads, reloads);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_is_bounded_by_the_drain_timeout() {
+    let mut w = World::new().await;
+    let b = Backends::start(2).await;
+    w.put(&b.key(0), "running").await;
+    w.put(&b.key(1), "running").await;
+    let watcher = hitless_watcher(&w, &["--drain-timeout", "300ms"]);
+    assert_routes_exactly(w.haproxy.http, &b.addrs).await;
+    // Requests that would take 4 s, on both servers.
+    let http = w.haproxy.http;
+    let slow: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { get_path(http, "/slow/4000").await }))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    w.del(&b.key(1)).await;
+    watcher.wait_log("shutting its sessions down").await;
+    eventually(Duration::from_secs(3), "backend 1 deleted", || async {
+        haproxy_servers(&w, "service").await.len() == 1
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "deleted long before its request would have ended"
+    );
+    let mut answered = Vec::new();
+    for s in slow {
+        answered.push(s.await.unwrap().map(|r| (r.status, r.body)));
+    }
+    assert!(
+        answered.contains(&Some((200, Backends::id(b.addrs[0])))),
+        "the staying server's request completes: {answered:?}"
+    );
+    assert!(
+        answered
+            .iter()
+            .any(|a| a.as_ref().is_none_or(|(s, _)| *s != 200)),
+        "the removed server's request was cut: {answered:?}"
+    );
+}
