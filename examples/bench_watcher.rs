@@ -22,54 +22,17 @@
 //! Changes are spaced 150 ms apart, longer than the default 100 ms debounce, so each one is
 //! an isolated change that the watcher applies at once (a burst would be coalesced).
 
+#[path = "common/mod.rs"]
+mod common;
+
 use anyhow::{anyhow, bail, Context as _, Result};
+use common::{free_port, p50_p99, peak_rss_kb, start_etcd, Guard, WATCHER};
 use etcd_client::{Client, Txn, TxnOp};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const WATCHER: &str = "target/release/dockreg-haproxy";
 const GAP: Duration = Duration::from_millis(150);
-
-struct Guard(Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn start_etcd(dir: &Path) -> Result<(Guard, String)> {
-    let (c, p) = (free_port()?, free_port()?);
-    let url = format!("http://127.0.0.1:{c}");
-    let peer = format!("http://127.0.0.1:{p}");
-    let child = Command::new("etcd")
-        .args(["--data-dir", &dir.join("etcd").display().to_string()])
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-        ])
-        .args(["--initial-cluster", &format!("default={peer}")])
-        .args(["--quota-backend-bytes", "4294967296"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting etcd (apt-get install etcd-server)")?;
-    Ok((Guard(child), url))
-}
 
 /// Address of endpoint `i`: 10.x.y.z for render mode, closed loopback ports for full mode.
 fn endpoint(i: usize, full: bool) -> String {
@@ -103,17 +66,6 @@ async fn load(client: &mut Client, from: usize, to: usize, full: bool) -> Result
     Ok(())
 }
 
-fn peak_rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 /// Waits until the output file's content satisfies `check`; returns when it was first seen.
 /// Polls every 50 µs on a blocking thread (tokio's timers tick in milliseconds).
 async fn wait_file(path: &Path, check: impl Fn(&str) -> bool + Send + 'static) -> Result<Instant> {
@@ -144,14 +96,6 @@ async fn wait_file(path: &Path, check: impl Fn(&str) -> bool + Send + 'static) -
     .await?
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
-}
-
 struct Row {
     mode: &'static str,
     n: usize,
@@ -160,11 +104,6 @@ struct Row {
     watcher: (f64, f64),
     samples: usize,
     rss_mb: f64,
-}
-
-fn p50_p99(mut v: Vec<f64>) -> (f64, f64) {
-    v.sort_by(|a, b| a.total_cmp(b));
-    (percentile(&v, 0.5), percentile(&v, 0.99))
 }
 
 struct Haproxy {
@@ -208,15 +147,8 @@ fn start_haproxy(dir: &Path, output: &Path) -> Result<(Haproxy, Vec<(String, Str
 async fn bench(mode: &'static str, n: usize, samples: usize) -> Result<Row> {
     let full = mode == "full";
     let dir = tempfile::tempdir()?;
-    let (_etcd, url) = start_etcd(dir.path())?;
-    let mut client = loop {
-        if let Ok(mut c) = Client::connect([url.as_str()], None).await {
-            if c.get("/probe", None).await.is_ok() {
-                break c;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let etcd = start_etcd(dir.path()).await?;
+    let (url, mut client) = (etcd.url.clone(), etcd.client.clone());
     load(&mut client, 0, n, full).await?;
     let output = dir.path().join("backends.cfg");
     let mut args: Vec<String> = vec![

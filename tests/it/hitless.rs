@@ -173,8 +173,7 @@ async fn a_template_edit_reloads_and_state_survives_it() {
     let line = watcher
         .log_text()
         .lines()
-        .filter(|l| l.contains("path=reload"))
-        .last()
+        .rfind(|l| l.contains("path=reload"))
         .unwrap_or_default()
         .to_string();
     assert!(
