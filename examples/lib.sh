@@ -15,7 +15,7 @@
 #     order and removes the run directory;
 #   - setup: missing_packages, ensure_cargo, install_packages, make_run_dir;
 #   - etcd, HAProxy and the watcher: start_etcd, master_cli, master_reloads, start_haproxy,
-#     start_watcher, key, set_url, routes_to_all, show_backends_file, file_lacks, reloaded_since;
+#     start_watcher, key, set_url, routes_to_all, show_backends_file, file_lacks;
 #   - the end of a demo: hint, wait_for_ctrl_c, finish.
 #
 # It reads the demo's ETCD_URL, ETCD_PEER_URL, DOCKREG_HTTP_BIND and DOCKREG_STATS_BIND. A demo
@@ -264,8 +264,10 @@ start_haproxy() {
 watcher_started() { grep -q "dockreg-haproxy started" "$RUN/watcher.log"; }
 
 start_watcher() {
+    # Server-only changes go through HAProxy's runtime API (admin socket), with no reload.
     start_daemon watcher "$WATCHER" --etcd "$ETCD_URL" --output "$RUN/backends.cfg" \
-        --haproxy-config "$HAPROXY_CFG" --master-socket "$RUN/master.sock"
+        --haproxy-config "$HAPROXY_CFG" --master-socket "$RUN/master.sock" \
+        --runtime-socket "$RUN/admin.sock" --server-state-file "$RUN/server-state"
     wait_until "dockreg-haproxy to start" 15 watcher_started
     log "dockreg-haproxy is watching $ETCD_URL/service/"
 }
@@ -300,7 +302,6 @@ show_backends_file() {
 }
 
 file_lacks() { ! grep -qF "$1" "$RUN/backends.cfg"; }
-reloaded_since() { local now; now=$(master_reloads) && [[ -n $now ]] && ((now > $1)); }
 
 # ---------------------------------------------------------------------------------------------
 # The end of a demo
