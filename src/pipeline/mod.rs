@@ -109,6 +109,9 @@ pub struct Pipeline<V, R> {
     debounce: Debounce,
     /// Content of each output as last written (or found at start).
     live: Vec<Option<String>>,
+    /// `live`, parsed for the runtime path's planning (filled when first needed, then kept from
+    /// the parsed candidates).
+    live_parsed: Vec<Option<crate::haproxy::plan::Config>>,
     /// The candidate set HAProxy last refused (with the base config's fingerprint then), so
     /// it is not re-checked unchanged.
     refused: Option<(Vec<Option<String>>, Option<std::time::SystemTime>)>,
@@ -156,6 +159,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             retry: Backoff::new(timing.retry_min, timing.retry_max),
             apply_retry: Backoff::new(timing.retry_min, timing.retry_max),
             timing,
+            live_parsed: vec![None; live.len()],
             live,
             refused: None,
             apply_retry_at: None,
@@ -299,17 +303,25 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         {
             return Applied::Rejected("candidate unchanged since haproxy -c refused it".into());
         }
-        let route = self.route(&candidates, &changed, first);
+        let route_started = Instant::now();
+        let (route, mut parsed) = self.route(&candidates, &changed, first);
+        let route_time = route_started.elapsed();
         // The fast path goes first: HAProxy routes by the new servers before `haproxy -c` ends.
         let runtime_outcome = match (&route, &self.runtime) {
             (Route::Runtime { ops, expected }, Some(rt)) if !ops.is_empty() => {
-                Some(rt.apply(ops, expected).await)
+                let result = rt.apply(ops, expected).await;
+                tracing::debug!(?render_time, ?route_time, runtime_done = ?started.elapsed(), "runtime update sent");
+                Some(result)
             }
             _ => None,
         };
         let (written, result) = self.validate_and_write(&candidates, &changed).await;
         for &i in &written {
             self.live[i] = candidates[i].take();
+            self.live_parsed[i] = parsed
+                .iter()
+                .position(|(j, _)| *j == i)
+                .map(|at| parsed.swap_remove(at).1);
         }
         let (path, reason) = match (&route, &runtime_outcome) {
             (Route::Reload(reason), _) => ("reload", reason.clone()),
@@ -357,6 +369,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                     outputs = ?paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
                     endpoints = self.catalog.endpoint_count(),
                     ?render_time,
+                    ?route_time,
                     total_time = ?started.elapsed(),
                     "configuration updated"
                 );
@@ -380,7 +393,12 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
     /// The path this apply takes (see [`route::choose`]); always a reload without a runtime API,
     /// at the first apply, and while a reload is pending anyway (HAProxy does not run the live
     /// files yet, so they are no base to compare with).
-    fn route(&self, candidates: &[Option<String>], changed: &[usize], first: bool) -> Route {
+    fn route(
+        &mut self,
+        candidates: &[Option<String>],
+        changed: &[usize],
+        first: bool,
+    ) -> (Route, Vec<(usize, crate::haproxy::plan::Config)>) {
         let why_not = if self.runtime.is_none() || !self.reload_enabled {
             Some("no --runtime-socket")
         } else if first {
@@ -391,10 +409,15 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             None
         };
         if let Some(why) = why_not {
-            return Route::Reload(why.into());
+            return (Route::Reload(why.into()), Vec::new());
+        }
+        for &i in changed {
+            if self.live_parsed[i].is_none() {
+                self.live_parsed[i] = self.live[i].as_deref().map(crate::haproxy::plan::parse);
+            }
         }
         let specs = self.renderer.specs();
-        route::choose(&self.live, candidates, changed, |i| {
+        route::choose(&self.live_parsed, candidates, changed, |i| {
             format!("--output {}", specs[i].output.display())
         })
     }

@@ -1,7 +1,7 @@
 //! Which way a changed set of outputs reaches HAProxy: through the runtime API, or by a
 //! reload. Pure: the texts in, a [`Route`] out.
 
-use crate::haproxy::plan::{self, Op, Plan, Server};
+use crate::haproxy::plan::{self, Config, Op, Plan, Server};
 use std::collections::BTreeMap;
 
 /// How an apply reaches HAProxy.
@@ -19,24 +19,31 @@ pub enum Route {
 }
 
 /// Plans each changed output (`changed` indexes `live` and `candidates`) against the text
-/// HAProxy runs; any output that needs a reload makes the whole apply one. `name(i)` names
-/// output `i` in reasons.
+/// HAProxy runs, given parsed (`live`, `None` for an output not written yet); any output that
+/// needs a reload makes the whole apply one. `name(i)` names output `i` in reasons. Returns the
+/// candidates it parsed too, so the caller can keep them as the next `live`.
 pub fn choose(
-    live: &[Option<String>],
+    live: &[Option<Config>],
     candidates: &[Option<String>],
     changed: &[usize],
     name: impl Fn(usize) -> String,
-) -> Route {
+) -> (Route, Vec<(usize, Config)>) {
     let mut ops = Vec::new();
     let mut expected = BTreeMap::new();
+    let mut parsed = Vec::with_capacity(changed.len());
     for &i in changed {
         let (Some(Some(old)), Some(Some(new))) = (live.get(i), candidates.get(i)) else {
-            return Route::Reload(format!("{}: a new output file", name(i)));
+            return (
+                Route::Reload(format!("{}: a new output file", name(i))),
+                parsed,
+            );
         };
         let new = plan::parse(new);
-        match plan::plan_parsed(&plan::parse(old), &new) {
+        match plan::plan_parsed(old, &new) {
             Plan::Nothing => {}
-            Plan::Reload { reason } => return Route::Reload(format!("{}: {reason}", name(i))),
+            Plan::Reload { reason } => {
+                return (Route::Reload(format!("{}: {reason}", name(i))), parsed)
+            }
             Plan::Runtime(more) => {
                 for op in &more {
                     let backend = op.backend();
@@ -54,8 +61,9 @@ pub fn choose(
                 ops.extend(more);
             }
         }
+        parsed.push((i, new));
     }
-    Route::Runtime { ops, expected }
+    (Route::Runtime { ops, expected }, parsed)
 }
 
 #[cfg(test)]
@@ -68,10 +76,14 @@ mod tests {
         texts.iter().map(|t| Some(t.to_string())).collect()
     }
 
+    fn parsed(texts: &[&str]) -> Vec<Option<Config>> {
+        texts.iter().map(|t| Some(plan::parse(t))).collect()
+    }
+
     #[test]
     fn a_server_added_goes_through_the_runtime_api() {
         let new = format!("{OLD}    server b 10.0.0.2:80 check\n");
-        let route = choose(&some(&[OLD]), &some(&[&new]), &[0], |_| "out".into());
+        let route = choose(&parsed(&[OLD]), &some(&[&new]), &[0], |_| "out".into()).0;
         let Route::Runtime { ops, expected } = route else {
             panic!("{route:?}")
         };
@@ -83,7 +95,7 @@ mod tests {
     #[test]
     fn an_option_change_reloads_and_names_the_output() {
         let new = OLD.replace("roundrobin", "leastconn");
-        let route = choose(&some(&[OLD]), &some(&[&new]), &[0], |_| "b.cfg".into());
+        let route = choose(&parsed(&[OLD]), &some(&[&new]), &[0], |_| "b.cfg".into()).0;
         let Route::Reload(reason) = route else {
             panic!("{route:?}")
         };
@@ -96,7 +108,8 @@ mod tests {
     #[test]
     fn a_comment_change_needs_nothing() {
         let new = format!("# hello\n{OLD}");
-        let route = choose(&some(&[OLD]), &some(&[&new]), &[0], |_| "out".into());
+        let (route, parsed) = choose(&parsed(&[OLD]), &some(&[&new]), &[0], |_| "out".into());
+        assert_eq!(parsed.len(), 1, "the candidate comes back parsed");
         assert_eq!(
             route,
             Route::Runtime {
@@ -108,7 +121,7 @@ mod tests {
 
     #[test]
     fn a_new_output_reloads() {
-        let route = choose(&[None], &some(&[OLD]), &[0], |_| "new.cfg".into());
+        let route = choose(&[None], &some(&[OLD]), &[0], |_| "new.cfg".into()).0;
         assert_eq!(route, Route::Reload("new.cfg: a new output file".into()));
     }
 
@@ -118,11 +131,12 @@ mod tests {
         let other = "backend api\n    server x 10.0.0.9:80\n";
         let other_new = "backend api\n    timeout server 5s\n    server x 10.0.0.9:80\n";
         let route = choose(
-            &some(&[OLD, other]),
+            &parsed(&[OLD, other]),
             &some(&[&add, other_new]),
             &[0, 1],
             |i| format!("out{i}"),
-        );
+        )
+        .0;
         assert!(matches!(route, Route::Reload(r) if r.starts_with("out1: ")));
     }
 }
