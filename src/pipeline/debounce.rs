@@ -17,6 +17,8 @@ pub struct Debounce {
     first_pending: Option<Instant>,
     /// Whether the pending changes may be applied at once (they followed a quiet stretch).
     leading: bool,
+    /// Whether a pending change must settle (a template file being written).
+    settling: bool,
 }
 
 impl Debounce {
@@ -27,6 +29,7 @@ impl Debounce {
             last_change: None,
             first_pending: None,
             leading: false,
+            settling: false,
         }
     }
 
@@ -50,6 +53,7 @@ impl Debounce {
     pub fn change_settling(&mut self, now: Instant) {
         self.change(now);
         self.leading = false;
+        self.settling = true;
     }
 
     /// When the pending changes are due, or `None` when nothing is pending.
@@ -62,16 +66,50 @@ impl Debounce {
         Some((last + self.quiet).min(first + self.max_wait))
     }
 
+    /// Like [`due`](Self::due), but a burst is not held until it settles: it is applied every
+    /// `quiet` while it lasts. For changes that are cheap to apply (the runtime API), where
+    /// waiting for a quiet stretch would only delay them (up to `max_wait`). Changes that must
+    /// settle still wait for it.
+    pub fn due_throttled(&self) -> Option<Instant> {
+        let due = self.due()?;
+        match self.first_pending {
+            Some(first) if !self.settling => Some(due.min(first + self.quiet)),
+            _ => Some(due),
+        }
+    }
+
     /// The pending changes were applied.
     pub fn applied(&mut self) {
         self.first_pending = None;
         self.leading = false;
+        self.settling = false;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttled_applies_a_long_burst_every_quiet_period() {
+        let t0 = Instant::now();
+        let mut d = Debounce::new(Q, M);
+        d.change(t0);
+        d.applied();
+        // Changes every 30 ms: never quiet, so `due` waits for max_wait...
+        for i in 1..=5 {
+            d.change(t0 + ms(30 * i));
+        }
+        assert_eq!(d.due(), Some(t0 + ms(250)));
+        // ...while the throttled form applies 100 ms after the first held change.
+        assert_eq!(d.due_throttled(), Some(t0 + ms(30) + Q));
+        // A template being written still settles.
+        let mut d = Debounce::new(Q, M);
+        d.change_settling(t0);
+        d.change(t0 + ms(50));
+        assert_eq!(d.due_throttled(), d.due());
+        assert_eq!(d.due(), Some(t0 + ms(150)));
+    }
 
     const Q: Duration = Duration::from_millis(100);
     const M: Duration = Duration::from_millis(1000);

@@ -218,7 +218,14 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
     /// When the pending changes should be rendered: debounced and, while reloads are rate
     /// limited, held back too so that they coalesce.
     fn apply_due(&self) -> Option<Instant> {
-        let due = match (self.debounce.due(), self.apply_retry_at) {
+        // With the runtime API, a change is cheap to apply: a long burst goes out every
+        // --debounce instead of waiting up to --debounce-max for a quiet stretch.
+        let debounced = if self.runtime_ready() {
+            self.debounce.due_throttled()
+        } else {
+            self.debounce.due()
+        };
+        let due = match (debounced, self.apply_retry_at) {
             (Some(d), Some(r)) => d.min(r),
             (d, r) => d.or(r)?,
         };
@@ -231,6 +238,11 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                 _ => due,
             },
         )
+    }
+
+    /// Whether the next apply may take the runtime path (see [`route`](Self::route)).
+    fn runtime_ready(&self) -> bool {
+        self.runtime.is_some() && self.reload_enabled && self.started && !self.reload_pending
     }
 
     /// When the next piece of work is due, if any.

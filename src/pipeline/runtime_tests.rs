@@ -197,3 +197,21 @@ async fn a_removal_and_a_weight_change_are_runtime_operations() {
         "still only the first reload"
     );
 }
+
+#[tokio::test]
+async fn a_long_burst_is_applied_every_debounce_period() {
+    let (mut s, rt) = started().await;
+    let t0 = Instant::now();
+    s.p.handle(put("/service/10.0.0.2:80", "running"), t0);
+    for i in 1..=20u8 {
+        let key = format!("/service/10.0.0.{}:80", 10 + i);
+        s.p.handle(
+            put(&key, "running"),
+            t0 + Duration::from_millis(30 * u64::from(i)),
+        );
+    }
+    // Without a reload to coalesce into, the held changes are due 100 ms after the first
+    // of them, not 100 ms after the burst ends (t0 + 700 ms) or at --debounce-max.
+    assert_eq!(s.p.next_due(), Some(t0 + Duration::from_millis(100)));
+    drop(rt);
+}
