@@ -112,19 +112,27 @@ async fn server_changes_apply_at_once_without_a_reload() {
         )),
         "{file}"
     );
-    eventually(
-        Duration::from_secs(5),
-        "the removed server deleted",
-        || async {
-            let names: Vec<String> = haproxy_servers(&w, "service")
-                .await
-                .into_iter()
-                .map(|s| s.0)
-                .collect();
-            names == [server_name(b.addrs[1]), server_name(b.addrs[2])]
-        },
-    )
-    .await;
+    let mut want = [server_name(b.addrs[1]), server_name(b.addrs[2])];
+    want.sort(); // as haproxy_servers lists them
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let names: Vec<String> = haproxy_servers(&w, "service")
+            .await
+            .into_iter()
+            .map(|s| s.0)
+            .collect();
+        if names == want {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let conns = w.haproxy.admin("show servers conn service").await;
+            panic!(
+                "the removed server is not deleted: {names:?}\n{conns}\nwatcher log:\n{}",
+                watcher.log_text()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let text = w.haproxy.admin("show servers state service").await;
     assert!(
         text.lines()
