@@ -294,10 +294,17 @@ async fn a_drain_is_bounded_by_the_drain_timeout() {
     assert_routes_exactly(w.haproxy.http, &b.addrs).await;
     // Requests that would take 4 s, on both servers.
     let http = w.haproxy.http;
+    let hits = || b.hits.load(std::sync::atomic::Ordering::Relaxed);
+    let before = hits();
     let slow: Vec<_> = (0..2)
         .map(|_| tokio::spawn(async move { get_path(http, "/slow/4000").await }))
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually(
+        Duration::from_secs(3),
+        "both slow requests at a backend",
+        || async { hits() >= before + 2 },
+    )
+    .await;
     let started = std::time::Instant::now();
     w.del(&b.key(1)).await;
     watcher.wait_log("shutting its sessions down").await;
