@@ -335,30 +335,12 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                 .position(|(j, _)| *j == i)
                 .map(|at| parsed.swap_remove(at).1);
         }
-        let (path, reason) = match (&route, &runtime_outcome) {
-            (Route::Reload(reason), _) => ("reload", reason.clone()),
-            (Route::Runtime { ops, .. }, None) if ops.is_empty() => (
-                "none",
-                "the outputs changed in ways HAProxy does not see".into(),
-            ),
-            (Route::Runtime { ops, .. }, Some(Ok(detail))) => {
-                ("runtime", format!("{}; {detail}", describe(ops)))
-            }
-            (Route::Runtime { ops, .. }, Some(Err(e))) => {
-                self.stats.runtime_fallbacks += 1;
-                tracing::warn!(error = %e, ops = %describe(ops), "runtime update failed; falling back to a reload");
-                (
-                    "reload",
-                    format!("fallback: the runtime update failed: {e}"),
-                )
-            }
-            (Route::Runtime { .. }, None) => ("reload", "no runtime API".into()),
-        };
+        let (path, reason) = self.path_taken(&route, &runtime_outcome);
         let reload = match path {
-            "reload" => !written.is_empty() || runtime_outcome.is_some(),
+            Path::Reload => !written.is_empty() || runtime_outcome.is_some(),
             // Applied at runtime but not written: reload the files so HAProxy matches them.
-            "runtime" => result.is_err(),
-            _ => false,
+            Path::Runtime => result.is_err(),
+            Path::Unseen => false,
         };
         if reload && self.reload_enabled {
             self.schedule_reload();
@@ -372,7 +354,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                 self.refused = None;
                 self.apply_retry.reset();
                 self.stats.writes += 1;
-                if path == "runtime" {
+                if path == Path::Runtime {
                     self.stats.runtime_applies += 1;
                 }
                 tracing::info!(
@@ -432,6 +414,31 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         route::choose(&self.live_parsed, candidates, changed, |i| {
             format!("--output {}", specs[i].output.display())
         })
+    }
+
+    /// The path an apply took and why, from its route and the runtime update's outcome.
+    fn path_taken(
+        &mut self,
+        route: &Route,
+        runtime_outcome: &Option<Result<String, String>>,
+    ) -> (Path, String) {
+        match (route, runtime_outcome) {
+            (Route::Reload(reason), _) => (Path::Reload, reason.clone()),
+            (Route::Runtime { ops, .. }, Some(Ok(detail))) => {
+                (Path::Runtime, format!("{}; {detail}", describe(ops)))
+            }
+            (Route::Runtime { ops, .. }, Some(Err(e))) => {
+                self.stats.runtime_fallbacks += 1;
+                tracing::warn!(error = %e, ops = %describe(ops), "runtime update failed; falling back to a reload");
+                let reason = format!("fallback: the runtime update failed: {e}");
+                (Path::Reload, reason)
+            }
+            (Route::Runtime { ops, .. }, None) if ops.is_empty() => (
+                Path::Unseen,
+                "the outputs changed in ways HAProxy does not see".into(),
+            ),
+            (Route::Runtime { .. }, None) => (Path::Reload, "no runtime API".into()),
+        }
     }
 
     /// Stages the changed outputs, validates the whole set, then renames each over its live
@@ -582,6 +589,27 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             }
         }
         self.stats
+    }
+}
+
+/// Which way an apply reached HAProxy (logged as `path=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// Runtime API commands, read back; no reload.
+    Runtime,
+    /// A reload of the files on disk.
+    Reload,
+    /// Neither: the outputs changed only in ways HAProxy does not see (comments, order).
+    Unseen,
+}
+
+impl std::fmt::Display for Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Path::Runtime => "runtime",
+            Path::Reload => "reload",
+            Path::Unseen => "none",
+        })
     }
 }
 
