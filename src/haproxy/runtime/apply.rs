@@ -1,0 +1,345 @@
+//! Applying a plan's server operations through the runtime API: the commands, the read-back
+//! check against the new configuration, and the bounded drain of removed servers; and the
+//! [`RuntimeUpdate`] seam through which the change pipeline uses all this.
+
+use super::{used_connections, RuntimeSocket, ServerState, ADMIN_FORCED_MAINT};
+use crate::haproxy::plan::{Op, Server, DEFAULT_WEIGHT};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Applies plans through the runtime API and drains removed servers in the background.
+///
+/// A removed server is put into maintenance at once — no new request reaches it, requests in
+/// flight go on (HAProxy's `drain` state would still admit requests that persistence sends
+/// there, and `del server` needs maintenance anyway) — and a background task deletes it once
+/// HAProxy agrees (it refuses while connections remain), at most `drain_timeout` later; after
+/// that the remaining sessions are shut down and the server is deleted.
+#[derive(Debug, Clone)]
+pub struct RuntimeApplier {
+    pub socket: RuntimeSocket,
+    pub drain_timeout: Duration,
+    /// Servers being drained, `backend/server` → the drain's generation, so that a server that
+    /// comes back before its deletion is revived instead of added twice.
+    draining: Arc<Mutex<HashMap<String, u64>>>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// How often a draining server's deletion is tried again.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
+
+impl RuntimeApplier {
+    pub fn new(socket: RuntimeSocket, drain_timeout: Duration) -> Self {
+        Self {
+            socket,
+            drain_timeout,
+            draining: Default::default(),
+            generation: Default::default(),
+        }
+    }
+
+    /// Servers currently draining, as `backend/server`.
+    pub fn draining(&self) -> Vec<String> {
+        let map = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<String> = map.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    fn take_draining(&self, id: &str) -> bool {
+        let mut map = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(id).is_some()
+    }
+
+    /// Forgets every drain (after a reload, the new worker has none of those servers).
+    pub fn forget_drains(&self) {
+        self.draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Sends the operations' commands, then reads the touched backends back and compares them
+    /// with `expected` (each touched backend's servers in the new configuration). `Ok` holds a
+    /// summary; `Err` names the command or server at fault — the caller then reloads.
+    pub async fn apply(
+        &self,
+        ops: &[Op],
+        expected: &BTreeMap<String, Vec<Server>>,
+    ) -> Result<String, String> {
+        let started = Instant::now();
+        let mut commands = 0usize;
+        for op in ops {
+            match op {
+                Op::AddServer { backend, server } => {
+                    let id = format!("{backend}/{}", server.name);
+                    if self.take_draining(&id) {
+                        // Still there, in maintenance: bring it back instead of adding it.
+                        let weight = server.weight.unwrap_or(DEFAULT_WEIGHT);
+                        self.socket
+                            .exec(&format!("set server {id} weight {weight}"))
+                            .await?;
+                        if !server.is_disabled() {
+                            self.socket
+                                .exec(&format!("set server {id} state ready"))
+                                .await?;
+                        }
+                        commands += 2;
+                        continue;
+                    }
+                    for cmd in op.commands() {
+                        self.socket.exec(&cmd).await?;
+                        commands += 1;
+                    }
+                }
+                Op::DelServer { backend, name } => {
+                    let id = format!("{backend}/{name}");
+                    self.socket
+                        .exec(&format!("set server {id} state maint"))
+                        .await?;
+                    commands += 1;
+                    self.start_drain(id);
+                }
+                Op::SetWeight { .. } => {
+                    for cmd in op.commands() {
+                        self.socket.exec(&cmd).await?;
+                        commands += 1;
+                    }
+                }
+            }
+        }
+        let applied = started.elapsed();
+        for (backend, servers) in expected {
+            // The drain list is read before the state: a drain that ends in between (an idle
+            // server is deleted within a millisecond) leaves a server in the state that is
+            // still in this list, never one that is in neither.
+            let draining = self.draining();
+            let state = self.socket.servers_state(Some(backend)).await?;
+            verify(backend, servers, &state, &draining)?;
+        }
+        Ok(format!(
+            "{} operation(s), {commands} command(s) in {applied:?}, state verified in {:?}",
+            ops.len(),
+            started.elapsed() - applied
+        ))
+    }
+
+    /// Deletes `id` (`backend/server`, already in maintenance) once it has drained.
+    fn start_drain(&self, id: String) {
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), generation);
+        let this = self.clone();
+        tokio::spawn(async move { this.drain(id, generation).await });
+    }
+
+    /// Whether `id`'s drain of this generation is still wanted.
+    fn still_draining(&self, id: &str, generation: u64) -> bool {
+        let map = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(id) == Some(&generation)
+    }
+
+    async fn drain(&self, id: String, generation: u64) {
+        let started = Instant::now();
+        let deadline = started + self.drain_timeout;
+        let mut forced = false;
+        loop {
+            if !self.still_draining(&id, generation) {
+                return; // revived, or forgotten after a reload
+            }
+            let answer = match self.socket.command(&format!("del server {id}")).await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    tracing::debug!(server = %id, error = %e, "deletion attempt failed");
+                    String::new()
+                }
+            };
+            match answer.trim() {
+                "Server deleted." => {
+                    tracing::info!(server = %id, drained_in = ?started.elapsed(), forced, "removed server deleted after draining");
+                    break;
+                }
+                "No such server." => {
+                    tracing::debug!(server = %id, "draining server already gone (a reload dropped it)");
+                    break;
+                }
+                _ => {}
+            }
+            let now = Instant::now();
+            if now >= deadline && !forced {
+                tracing::warn!(server = %id, drain_timeout = ?self.drain_timeout, "server still busy at --drain-timeout; shutting its sessions down");
+                if let Err(e) = self
+                    .socket
+                    .exec(&format!("shutdown sessions server {id}"))
+                    .await
+                {
+                    tracing::warn!(server = %id, error = %e, "could not shut the sessions down");
+                }
+                forced = true;
+            } else if forced && now >= deadline + self.drain_timeout {
+                tracing::error!(server = %id, last_answer = %answer.trim(), "HAProxy still refuses to delete the server; it stays in maintenance until the next reload");
+                break;
+            }
+            if let Err(e) = self.purge_idle(&id).await {
+                tracing::debug!(server = %id, error = %e, "cannot read the server's connections");
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        let mut map = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(&id) == Some(&generation) {
+            map.remove(&id);
+        }
+    }
+
+    /// Once a draining server serves no request, closes its idle pooled connections, which
+    /// would otherwise keep `del server` refused: HAProxy drops them when the address
+    /// changes, and the unspecified address is safe on a server in maintenance (no request and
+    /// no health check goes to it).
+    async fn purge_idle(&self, id: &str) -> Result<(), String> {
+        let Some((backend, _)) = id.split_once('/') else {
+            return Ok(());
+        };
+        let text = self
+            .socket
+            .command(&format!("show servers conn {backend}"))
+            .await?;
+        let Some((used, addr)) = used_connections(&text, id)? else {
+            return Ok(());
+        };
+        if used == 0 && addr != "0.0.0.0" && addr != "::" {
+            let unspecified = if addr.contains(':') { "::" } else { "0.0.0.0" };
+            let answer = self
+                .socket
+                .command(&format!("set server {id} addr {unspecified}"))
+                .await?;
+            tracing::debug!(server = %id, answer = %answer.trim(), "idle connections of a drained server closed");
+        }
+        Ok(())
+    }
+}
+
+/// A boxed future, for the object-safe [`RuntimeUpdate`] seam.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// The runtime fast path as the change pipeline sees it (a fake in its unit tests).
+pub trait RuntimeUpdate: Send + Sync {
+    /// Applies `ops` and checks HAProxy's state against `expected` (the new servers of each
+    /// touched backend); `Err` names what failed, and the caller falls back to a reload.
+    fn apply<'a>(
+        &'a self,
+        ops: &'a [Op],
+        expected: &'a BTreeMap<String, Vec<Server>>,
+    ) -> BoxFuture<'a, Result<String, String>>;
+
+    /// Runs before each reload of `configs` (the files' texts): saves the server state for
+    /// the next worker.
+    fn before_reload<'a>(&'a self, configs: &'a [&'a str]) -> BoxFuture<'a, ()>;
+
+    /// Runs after a reload worked: the new worker holds no draining server.
+    fn after_reload(&self);
+}
+
+/// The real fast path: a [`RuntimeApplier`] and, optionally, HAProxy's server-state file.
+#[derive(Debug, Clone)]
+pub struct RuntimePath {
+    pub applier: RuntimeApplier,
+    /// Where `show servers state` is saved before a reload (`--server-state-file`).
+    pub state_file: Option<PathBuf>,
+}
+
+impl RuntimeUpdate for RuntimePath {
+    fn apply<'a>(
+        &'a self,
+        ops: &'a [Op],
+        expected: &'a BTreeMap<String, Vec<Server>>,
+    ) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(self.applier.apply(ops, expected))
+    }
+
+    fn before_reload<'a>(&'a self, configs: &'a [&'a str]) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(path) = &self.state_file else {
+                return;
+            };
+            match self.applier.socket.save_state(path, configs).await {
+                Ok((saved, 0)) => {
+                    tracing::debug!(file = %path.display(), servers = saved, "server state saved")
+                }
+                Ok((saved, dropped)) => tracing::warn!(
+                    file = %path.display(),
+                    servers = saved,
+                    left_out = dropped,
+                    "server state saved without servers whose address in HAProxy differs from the configuration"
+                ),
+                // The reload goes on: servers then start as the configuration says.
+                Err(e) => tracing::warn!(error = %e, "could not save the server state"),
+            }
+        })
+    }
+
+    fn after_reload(&self) {
+        self.applier.forget_drains();
+    }
+}
+
+/// Compares `backend`'s servers in HAProxy (`state`) with the configuration's (`want`).
+/// Servers in `draining` (`backend/server`) may linger in maintenance.
+pub fn verify(
+    backend: &str,
+    want: &[Server],
+    state: &[ServerState],
+    draining: &[String],
+) -> Result<(), String> {
+    let have: HashMap<&str, &ServerState> = state
+        .iter()
+        .filter(|s| s.backend == backend)
+        .map(|s| (s.name.as_str(), s))
+        .collect();
+    for w in want {
+        let Some(h) = have.get(w.name.as_str()) else {
+            return Err(format!(
+                "server {backend}/{} is missing from HAProxy after the runtime update",
+                w.name
+            ));
+        };
+        let weight = w.weight.unwrap_or(DEFAULT_WEIGHT);
+        if h.addr != w.addr || h.port != w.port {
+            return Err(format!(
+                "server {backend}/{}: HAProxy has {}:{}, the configuration {}",
+                w.name,
+                h.addr,
+                h.port,
+                w.address()
+            ));
+        }
+        if h.weight != weight {
+            return Err(format!(
+                "server {backend}/{}: HAProxy has weight {}, the configuration {weight}",
+                w.name, h.weight
+            ));
+        }
+        if h.admin_state & ADMIN_FORCED_MAINT != 0 && !w.is_disabled() {
+            return Err(format!(
+                "server {backend}/{} is in maintenance in HAProxy but enabled in the configuration",
+                w.name
+            ));
+        }
+    }
+    for (name, h) in &have {
+        if want.iter().any(|w| w.name == *name) {
+            continue;
+        }
+        let id = format!("{backend}/{name}");
+        if !(h.in_maintenance() && draining.contains(&id)) {
+            return Err(format!(
+                "server {id} is in HAProxy but not in the configuration"
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! Unit tests of the runtime API client: parsing HAProxy's answers, the saved state, the
+//! read-back check, and telling success from refusal on a fake socket.
+
+use super::*;
+use crate::haproxy::plan::Server;
+
+const STATE: &str = "1
+# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port
+4 service 1 127.0.0.1_9101 127.0.0.1 2 0 1 1 1 6 3 3 6 0 0 0 - 9101 - 0 0 - - 0
+4 service 2 127.0.0.1_9102 127.0.0.1 0 1 7 1 0 1 0 0 2 0 0 0 - 9102 - 0 0 - - 0
+
+";
+
+fn server(name: &str, addr: &str, port: u16, weight: Option<u16>) -> Server {
+    Server {
+        name: name.into(),
+        addr: addr.into(),
+        port,
+        weight,
+        rest: vec!["check".into()],
+    }
+}
+
+#[test]
+fn parses_show_servers_state() {
+    let s = ServerState::parse_all(STATE).unwrap();
+    assert_eq!(s.len(), 2);
+    assert_eq!(s[0].name, "127.0.0.1_9101");
+    assert_eq!((s[0].port, s[0].op_state, s[0].weight), (9101, 2, 1));
+    assert!(!s[0].in_maintenance());
+    assert!(s[1].in_maintenance());
+    assert_eq!(s[1].weight, 7);
+    assert!(ServerState::parse_all("").unwrap().is_empty());
+    assert!(ServerState::parse_all("Unknown command.\n").is_err());
+    assert!(ServerState::parse_all("1\n# be_name\n").is_err());
+}
+
+#[test]
+fn saved_state_leaves_out_servers_the_configuration_moved() {
+    let config = "backend service\n    server 127.0.0.1_9101 127.0.0.1:9101 check\n    server 127.0.0.1_9102 127.0.0.1:9999 check\n";
+    let (text, dropped) = state_for(STATE, &[config]).unwrap();
+    assert_eq!(dropped, 1);
+    assert!(text.starts_with("1\n# be_id"), "{text}");
+    assert!(text.contains("127.0.0.1_9101"));
+    assert!(!text.contains("127.0.0.1_9102"));
+    // Servers the configuration does not name are kept (HAProxy ignores them).
+    let (text, dropped) = state_for(STATE, &[]).unwrap();
+    assert_eq!(
+        (dropped, ServerState::parse_all(&text).unwrap().len()),
+        (0, 2)
+    );
+    assert!(state_for("Permission denied.\n", &[]).is_err());
+}
+
+#[test]
+fn reads_connections_in_use() {
+    let text = "# bkname/svname bkid/svid addr port - purge_delay used_cur used_max need_est unsafe_nb safe_nb idle_lim idle_cur idle_per_thr[2]
+service/s1 4/1 127.0.0.1 9201 - 5000 2 3 1 1 0 -1 1 1 0
+service/s2 4/2 ::1 9202 - 5000 0 1 1 1 0 -1 1 1 0
+";
+    assert_eq!(
+        used_connections(text, "service/s1").unwrap(),
+        Some((2, "127.0.0.1".into()))
+    );
+    assert_eq!(
+        used_connections(text, "service/s2").unwrap(),
+        Some((0, "::1".into()))
+    );
+    assert_eq!(used_connections(text, "service/s3").unwrap(), None);
+    assert!(used_connections("Can't find backend.\n", "b/s").is_err());
+}
+
+#[test]
+fn verify_accepts_the_intended_state() {
+    let s = ServerState::parse_all(STATE).unwrap();
+    let want = [server("127.0.0.1_9101", "127.0.0.1", 9101, Some(1))];
+    // 9102 is in maintenance: fine while it drains, an error otherwise.
+    verify("service", &want, &s, &["service/127.0.0.1_9102".into()]).unwrap();
+    let err = verify("service", &want, &s, &[]).unwrap_err();
+    assert!(err.contains("service/127.0.0.1_9102"), "{err}");
+}
+
+#[test]
+fn verify_names_each_mismatch() {
+    let s = ServerState::parse_all(STATE).unwrap();
+    let drain = ["service/127.0.0.1_9102".to_string()];
+    let cases = [
+        (
+            server("127.0.0.1_9101", "127.0.0.1", 9101, Some(3)),
+            "weight",
+        ),
+        (
+            server("127.0.0.1_9101", "127.0.0.2", 9101, None),
+            "127.0.0.2",
+        ),
+        (server("127.0.0.1_9103", "127.0.0.1", 9103, None), "missing"),
+    ];
+    for (w, needle) in cases {
+        let err = verify("service", &[w], &s, &drain).unwrap_err();
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    // Wanted enabled but in forced maintenance.
+    let want = [
+        server("127.0.0.1_9101", "127.0.0.1", 9101, None),
+        server("127.0.0.1_9102", "127.0.0.1", 9102, Some(7)),
+    ];
+    let err = verify("service", &want, &s, &[]).unwrap_err();
+    assert!(err.contains("maintenance"), "{err}");
+}
+
+#[tokio::test]
+async fn exec_tells_success_from_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("admin.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    tokio::spawn(async move {
+        for answer in ["New server registered.\n\n", "\n", "No such server.\n\n"] {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 256];
+            let _ = s.read(&mut buf).await.unwrap();
+            s.write_all(answer.as_bytes()).await.unwrap();
+        }
+    });
+    let sock = RuntimeSocket {
+        path,
+        timeout: Duration::from_secs(2),
+    };
+    sock.exec("add server b/s 10.0.0.1:80").await.unwrap();
+    sock.exec("enable server b/s").await.unwrap();
+    let err = sock.exec("del server b/x").await.unwrap_err();
+    assert!(
+        err.contains("del server b/x") && err.contains("No such server"),
+        "{err}"
+    );
+}
