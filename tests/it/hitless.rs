@@ -331,3 +331,65 @@ async fn a_drain_is_bounded_by_the_drain_timeout() {
         "the removed server's request was cut: {answered:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_during_a_drain_keeps_the_request_and_the_fast_path() {
+    let mut w = World::new().await;
+    let b = Backends::start(3).await;
+    let template = w.path().join("backends.cfg.tera");
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/haproxy-backends.cfg.tera"),
+    )
+    .unwrap();
+    std::fs::write(&template, &shipped).unwrap();
+    w.put(&b.key(1), "running").await;
+    let (t, out) = (
+        template.display().to_string(),
+        w.haproxy.output.display().to_string(),
+    );
+    let watcher = hitless_watcher(&w, &["--template", &t, "--output", &out]);
+    assert_routes_exactly(w.haproxy.http, &b.addrs[1..2]).await;
+    // A slow request on backend 1, which then leaves (drains) while backend 0 joins.
+    let http = w.haproxy.http;
+    let hits = || b.hits.load(std::sync::atomic::Ordering::Relaxed);
+    let before = hits();
+    let slow = tokio::spawn(async move { get_path(http, "/slow/2500").await });
+    eventually(
+        Duration::from_secs(5),
+        "the slow request at backend 1",
+        || async { hits() > before },
+    )
+    .await;
+    w.put(&b.key(0), "running").await;
+    w.del(&b.key(1)).await;
+    wait_applies(&watcher, "runtime", 2).await;
+    // A template edit reloads HAProxy in the middle of the drain.
+    let reloads = w.haproxy.show_proc().await.reloads;
+    std::fs::write(&template, shipped.replace("retries 2", "retries 3")).unwrap();
+    eventually(Duration::from_secs(15), "the reload", || async {
+        w.haproxy.show_proc().await.reloads > reloads
+    })
+    .await;
+    assert!(!slow.is_finished(), "the reload came while the request ran");
+    // The old worker finishes the request; the new one never knew backend 1.
+    let response = slow
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
+    assert_eq!(
+        (response.status, response.body),
+        (200, Backends::id(b.addrs[1]))
+    );
+    assert_eq!(haproxy_servers(&w, "service").await.len(), 1);
+    assert_routes_exactly(w.haproxy.http, &b.addrs[..1]).await;
+    // The fast path goes on against the new worker.
+    w.put(&b.key(2), "running").await;
+    wait_applies(&watcher, "runtime", 3).await;
+    assert_eq!(answers_now(&w, 8).await, ids(&b, &[0, 2]));
+    assert!(
+        !watcher.log_text().contains("falling back"),
+        "{}",
+        watcher.log_text()
+    );
+    assert_eq!(w.haproxy.show_proc().await.failed, 0);
+}
