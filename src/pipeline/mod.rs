@@ -405,11 +405,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         if let Some(why) = why_not {
             return (Route::Reload(why.into()), Vec::new());
         }
-        for &i in changed {
-            if self.live_parsed[i].is_none() {
-                self.live_parsed[i] = self.live[i].as_deref().map(crate::haproxy::plan::parse);
-            }
-        }
+        self.parse_live(changed.iter().copied());
         let specs = self.renderer.specs();
         route::choose(&self.live_parsed, candidates, changed, |i| {
             format!("--output {}", specs[i].output.display())
@@ -438,6 +434,15 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                 "the outputs changed in ways HAProxy does not see".into(),
             ),
             (Route::Runtime { .. }, None) => (Path::Reload, "no runtime API".into()),
+        }
+    }
+
+    /// Parses the live outputs `which` that are not parsed yet.
+    fn parse_live(&mut self, which: impl IntoIterator<Item = usize>) {
+        for i in which {
+            if self.live_parsed[i].is_none() {
+                self.live_parsed[i] = self.live[i].as_deref().map(crate::haproxy::plan::parse);
+            }
         }
     }
 
@@ -519,8 +524,11 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
     /// Reloads HAProxy; on failure schedules a retry with backoff.
     pub async fn reload(&mut self) -> bool {
         let started = Instant::now();
+        if self.runtime.is_some() {
+            self.parse_live(0..self.live.len());
+        }
         if let Some(rt) = &self.runtime {
-            let configs: Vec<&str> = self.live.iter().flatten().map(String::as_str).collect();
+            let configs: Vec<&_> = self.live_parsed.iter().flatten().collect();
             rt.before_reload(&configs).await;
         }
         let result = self.reloader.reload().await;

@@ -44,7 +44,10 @@ impl RuntimeUpdate for FakeRuntime {
         })
     }
 
-    fn before_reload<'a>(&'a self, _configs: &'a [&'a str]) -> BoxFuture<'a, ()> {
+    fn before_reload<'a>(
+        &'a self,
+        _configs: &'a [&'a crate::haproxy::plan::Config],
+    ) -> BoxFuture<'a, ()> {
         Box::pin(async move { *self.before_reloads.lock().unwrap() += 1 })
     }
 

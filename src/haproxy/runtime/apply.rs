@@ -3,7 +3,7 @@
 //! [`RuntimeUpdate`] seam through which the change pipeline uses all this.
 
 use super::{used_connections, RuntimeSocket, ServerState, ADMIN_FORCED_MAINT};
-use crate::haproxy::plan::{Op, Server, DEFAULT_WEIGHT};
+use crate::haproxy::plan::{Config, Op, Server, DEFAULT_WEIGHT};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -236,9 +236,9 @@ pub trait RuntimeUpdate: Send + Sync {
         expected: &'a BTreeMap<String, Vec<Server>>,
     ) -> BoxFuture<'a, Result<String, String>>;
 
-    /// Runs before each reload of `configs` (the files' texts): saves the server state for
+    /// Runs before each reload of `configs` (the files, parsed): saves the server state for
     /// the next worker.
-    fn before_reload<'a>(&'a self, configs: &'a [&'a str]) -> BoxFuture<'a, ()>;
+    fn before_reload<'a>(&'a self, configs: &'a [&'a Config]) -> BoxFuture<'a, ()>;
 
     /// Runs after a reload worked: the new worker holds no draining server.
     fn after_reload(&self);
@@ -261,7 +261,7 @@ impl RuntimeUpdate for RuntimePath {
         Box::pin(self.applier.apply(ops, expected))
     }
 
-    fn before_reload<'a>(&'a self, configs: &'a [&'a str]) -> BoxFuture<'a, ()> {
+    fn before_reload<'a>(&'a self, configs: &'a [&'a Config]) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let Some(path) = &self.state_file else {
                 return;

@@ -14,6 +14,7 @@ mod tests;
 
 pub use apply::{verify, BoxFuture, RuntimeApplier, RuntimePath, RuntimeUpdate};
 
+use super::plan::Config;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -89,7 +90,7 @@ impl RuntimeSocket {
     pub async fn save_state(
         &self,
         path: &Path,
-        configs: &[&str],
+        configs: &[&Config],
     ) -> Result<(usize, usize), String> {
         let dump = self.command("show servers state").await?;
         // Check it is the state dump and not an error before it replaces the last good one.
@@ -204,21 +205,18 @@ impl Columns {
 }
 
 /// Keeps the lines of a `show servers state` dump that agree with `configs` (the files the
-/// next worker loads): a server whose address or port there differs from HAProxy's is left
-/// out, because HAProxy would restore the saved port over the configured one. Returns the
+/// next worker loads, parsed): a server whose address or port there differs from HAProxy's is
+/// left out, because HAProxy would restore the saved port over the configured one. Returns the
 /// text and how many servers were left out.
-pub fn state_for(dump: &str, configs: &[&str]) -> Result<(String, usize), String> {
-    let mut want: HashMap<(String, String), (String, u16)> = HashMap::new();
+pub fn state_for(dump: &str, configs: &[&Config]) -> Result<(String, usize), String> {
+    let mut want: HashMap<(&str, &str), (&str, u16)> = HashMap::new();
     for config in configs {
-        for section in super::plan::parse(config).sections {
-            if !section.has_servers() {
-                continue;
-            }
-            let Some(backend) = section.name else {
+        for section in config.sections.iter().filter(|s| s.has_servers()) {
+            let Some(backend) = section.name.as_deref() else {
                 continue;
             };
-            for s in section.servers {
-                want.insert((backend.clone(), s.name), (s.addr, s.port));
+            for s in &section.servers {
+                want.insert((backend, &s.name), (&s.addr, s.port));
             }
         }
     }
@@ -235,7 +233,7 @@ pub fn state_for(dump: &str, configs: &[&str]) -> Result<(String, usize), String
     for line in lines.filter(|l| !l.trim().is_empty()) {
         let s = columns.parse(line)?;
         let agrees = want
-            .get(&(s.backend, s.name))
+            .get(&(s.backend.as_str(), s.name.as_str()))
             .is_none_or(|(addr, port)| *addr == s.addr && *port == s.port);
         if agrees {
             out.push_str(line);

@@ -38,7 +38,7 @@ fn parses_show_servers_state() {
 #[test]
 fn saved_state_leaves_out_servers_the_configuration_moved() {
     let config = "backend service\n    server 127.0.0.1_9101 127.0.0.1:9101 check\n    server 127.0.0.1_9102 127.0.0.1:9999 check\n";
-    let (text, dropped) = state_for(STATE, &[config]).unwrap();
+    let (text, dropped) = state_for(STATE, &[&crate::haproxy::plan::parse(config)]).unwrap();
     assert_eq!(dropped, 1);
     assert!(text.starts_with("1\n# be_id"), "{text}");
     assert!(text.contains("127.0.0.1_9101"));
