@@ -3,7 +3,7 @@
 //! asserted through HAProxy's own state (`show proc`, `show servers state`) and real requests.
 
 use crate::harness::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The watcher with the runtime fast path on.
@@ -13,6 +13,24 @@ fn hitless_watcher(w: &World, extra: &[&str]) -> Watcher {
     let mut args = vec!["--runtime-socket", &admin, "--server-state-file", &state];
     args.extend_from_slice(extra);
     w.watcher(&args)
+}
+
+/// A copy of the shipped default template in the test folder, to edit, and its text.
+fn editable_template(w: &World) -> (PathBuf, String) {
+    let template = w.path().join("backends.cfg.tera");
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/haproxy-backends.cfg.tera"),
+    )
+    .expect("read the shipped template");
+    std::fs::write(&template, &shipped).expect("copy the template");
+    (template, shipped)
+}
+
+/// The hitless watcher rendering `template` into HAProxy's backends file.
+fn templated_watcher(w: &World, template: &Path) -> Watcher {
+    let t = template.display().to_string();
+    let out = w.haproxy.output.display().to_string();
+    hitless_watcher(w, &["--template", &t, "--output", &out])
 }
 
 /// How many applies the watcher logged as taking `path`.
@@ -146,17 +164,10 @@ async fn server_changes_apply_at_once_without_a_reload() {
 async fn a_template_edit_reloads_and_state_survives_it() {
     let mut w = World::new().await;
     let b = Backends::start(2).await;
-    let template = w.path().join("backends.cfg.tera");
-    let shipped = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/haproxy-backends.cfg.tera"),
-    )
-    .unwrap();
-    std::fs::write(&template, &shipped).unwrap();
+    let (template, shipped) = editable_template(&w);
     w.put(&b.key(0), "running").await;
     w.put(&b.key(1), "running").await;
-    let t = template.display().to_string();
-    let out = w.haproxy.output.display().to_string();
-    let watcher = hitless_watcher(&w, &["--template", &t, "--output", &out]);
+    let watcher = templated_watcher(&w, &template);
     assert_routes_exactly(w.haproxy.http, &b.addrs).await;
     // An operator puts one server into maintenance by hand; a reload must keep that.
     let id = format!("service/{}", server_name(b.addrs[1]));
@@ -336,18 +347,9 @@ async fn a_drain_is_bounded_by_the_drain_timeout() {
 async fn a_reload_during_a_drain_keeps_the_request_and_the_fast_path() {
     let mut w = World::new().await;
     let b = Backends::start(3).await;
-    let template = w.path().join("backends.cfg.tera");
-    let shipped = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/haproxy-backends.cfg.tera"),
-    )
-    .unwrap();
-    std::fs::write(&template, &shipped).unwrap();
+    let (template, shipped) = editable_template(&w);
     w.put(&b.key(1), "running").await;
-    let (t, out) = (
-        template.display().to_string(),
-        w.haproxy.output.display().to_string(),
-    );
-    let watcher = hitless_watcher(&w, &["--template", &t, "--output", &out]);
+    let watcher = templated_watcher(&w, &template);
     assert_routes_exactly(w.haproxy.http, &b.addrs[1..2]).await;
     // A slow request on backend 1, which then leaves (drains) while backend 0 joins.
     let http = w.haproxy.http;
