@@ -33,6 +33,33 @@ fn templated_watcher(w: &World, template: &Path) -> Watcher {
     hitless_watcher(w, &["--template", &t, "--output", &out])
 }
 
+/// Starts `n` requests through HAProxy that the backends answer `ms` later, and waits until
+/// all of them have reached a backend (they are then in flight).
+async fn slow_requests(
+    w: &World,
+    b: &Backends,
+    ms: u64,
+    n: u64,
+) -> Vec<tokio::task::JoinHandle<Option<Response>>> {
+    let http = w.haproxy.http;
+    let hits = || b.hits.load(std::sync::atomic::Ordering::Relaxed);
+    let before = hits();
+    let path = format!("/slow/{ms}");
+    let slow = (0..n)
+        .map(|_| {
+            let path = path.clone();
+            tokio::spawn(async move { get_path(http, &path).await })
+        })
+        .collect();
+    eventually(
+        Duration::from_secs(5),
+        "the slow requests at a backend",
+        || async { hits() >= before + n },
+    )
+    .await;
+    slow
+}
+
 /// How many applies the watcher logged as taking `path`.
 fn applies(watcher: &Watcher, path: &str) -> usize {
     watcher
@@ -256,16 +283,7 @@ async fn a_removed_server_finishes_its_requests_in_flight() {
     assert_routes_exactly(w.haproxy.http, &b.addrs[1..]).await;
     let reloads = w.haproxy.show_proc().await.reloads;
     // A slow request reaches backend 1, the only server...
-    let http = w.haproxy.http;
-    let hits = || b.hits.load(std::sync::atomic::Ordering::Relaxed);
-    let before = hits();
-    let slow = tokio::spawn(async move { get_path(http, "/slow/2000").await });
-    eventually(
-        Duration::from_secs(5),
-        "the slow request at backend 1",
-        || async { hits() > before },
-    )
-    .await;
+    let slow = slow_requests(&w, &b, 2000, 1).await.remove(0);
     // ...then backend 0 joins and backend 1 leaves while the request runs.
     w.put(&b.key(0), "running").await;
     w.del(&b.key(1)).await;
@@ -304,18 +322,7 @@ async fn a_drain_is_bounded_by_the_drain_timeout() {
     let watcher = hitless_watcher(&w, &["--drain-timeout", "300ms"]);
     assert_routes_exactly(w.haproxy.http, &b.addrs).await;
     // Requests that would take 4 s, on both servers.
-    let http = w.haproxy.http;
-    let hits = || b.hits.load(std::sync::atomic::Ordering::Relaxed);
-    let before = hits();
-    let slow: Vec<_> = (0..2)
-        .map(|_| tokio::spawn(async move { get_path(http, "/slow/4000").await }))
-        .collect();
-    eventually(
-        Duration::from_secs(3),
-        "both slow requests at a backend",
-        || async { hits() >= before + 2 },
-    )
-    .await;
+    let slow = slow_requests(&w, &b, 4000, 2).await;
     let started = std::time::Instant::now();
     w.del(&b.key(1)).await;
     watcher.wait_log("shutting its sessions down").await;
@@ -352,16 +359,7 @@ async fn a_reload_during_a_drain_keeps_the_request_and_the_fast_path() {
     let watcher = templated_watcher(&w, &template);
     assert_routes_exactly(w.haproxy.http, &b.addrs[1..2]).await;
     // A slow request on backend 1, which then leaves (drains) while backend 0 joins.
-    let http = w.haproxy.http;
-    let hits = || b.hits.load(std::sync::atomic::Ordering::Relaxed);
-    let before = hits();
-    let slow = tokio::spawn(async move { get_path(http, "/slow/2500").await });
-    eventually(
-        Duration::from_secs(5),
-        "the slow request at backend 1",
-        || async { hits() > before },
-    )
-    .await;
+    let slow = slow_requests(&w, &b, 2500, 1).await.remove(0);
     w.put(&b.key(0), "running").await;
     w.del(&b.key(1)).await;
     wait_applies(&watcher, "runtime", 2).await;
