@@ -15,6 +15,8 @@ command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
+# etcd-client's build imports google/protobuf/*.proto: a protoc without them fails the build.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 command -v openssl >/dev/null || need+=(openssl)
 docker_ok=false
 if command -v docker >/dev/null && docker version >/dev/null 2>&1; then
