@@ -2,6 +2,7 @@
 //! HTTP backends and real requests; the real Docker engine for the sidekick).
 
 mod docker;
+mod endstate;
 mod harness;
 mod hitless;
 mod sidekick;
