@@ -3,22 +3,31 @@
 //!
 //! Nothing is missed: a broken watch is re-created from the last revision seen on it, and a
 //! watch whose start revision was compacted away re-lists its prefix and resumes from the new
-//! listing. etcd being unreachable, at start or mid-run, is retried with backoff for ever; the
-//! consumer keeps what it has until etcd answers again.
+//! listing ([`super::stream`]). etcd being unreachable, at start or mid-run, is retried with
+//! backoff for ever; the consumer keeps what it has until etcd answers again.
+//!
+//! A supervisor keeps the watches honest about *which* store they watch (see
+//! [`super::identity`]): every response header is checked against the cluster id and the
+//! highest revision seen, and every [`CHECK_EVERY`] a count-only read checks it too, so a
+//! watch that is open but silent is covered. When etcd was wiped or restored from an older
+//! snapshot, one warning is logged, every prefix is listed again at the new store's revision
+//! (one [`WatchEvent::Snapshot`] that replaces everything known) and watched from there.
 
+use super::identity::{Observation, Stamp, StoreIdentity, Why};
+use super::list::list_stamped;
+use super::stream::{PrefixWatch, Shared};
 use crate::backoff::Backoff;
 use crate::etcd::EtcdArgs;
 use crate::keys::ServicePrefix;
 use anyhow::{anyhow, Context as _, Result};
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use etcd_client::{Client, GetOptions};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-/// Keys per page when listing, well below gRPC's 4 MiB message limit.
-const PAGE: i64 = 2000;
-/// Largest watch response accepted (a transaction may delete many keys at once).
-const MAX_WATCH_MESSAGE: usize = 64 << 20;
+/// How often the supervisor reads the store's identity, watches or not.
+pub const CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// One change to one key of a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,246 +55,174 @@ pub enum WatchEvent {
     },
 }
 
-/// The key just after every key that starts with `prefix` (etcd's range end for a prefix).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
-/// Lists the given services at one revision (the current one when `revision` is 0), page by
-/// page, so even 100,000 keys never exceed a message limit.
-pub async fn list_services(
-    client: &Client,
-    prefixes: &[(usize, ServicePrefix)],
-    mut revision: i64,
-) -> Result<WatchEvent> {
-    let mut kv = client.kv_client();
-    let mut services = Vec::with_capacity(prefixes.len());
-    for (idx, prefix) in prefixes {
-        let watch_key = prefix.watch_key().into_bytes();
-        let end = prefix_end(&watch_key);
-        let mut start = watch_key;
-        let mut entries = Vec::new();
-        loop {
-            let opts = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(PAGE)
-                .with_revision(revision);
-            let mut resp = kv
-                .get(start.clone(), Some(opts))
-                .await
-                .with_context(|| format!("listing etcd prefix \"{prefix}\""))?;
-            if revision == 0 {
-                revision = resp
-                    .header()
-                    .map(|h| h.revision())
-                    .ok_or_else(|| anyhow!("etcd answered without a revision"))?;
-            }
-            let more = resp.more();
-            let kvs = resp.take_kvs();
-            if let Some(last) = kvs.last() {
-                start = last.key().to_vec();
-                start.push(0);
-            }
-            entries.extend(kvs.into_iter().map(|kv| kv.into_key_value()));
-            if !more {
-                break;
-            }
-        }
-        services.push((*idx, entries));
-    }
-    Ok(WatchEvent::Snapshot { revision, services })
-}
-
 /// Connects (retrying for ever), sends one snapshot of every prefix at one revision, then
-/// watches each prefix and sends its changes. Returns when the receiver is gone.
+/// watches each prefix and sends its changes; starts over with a new snapshot whenever the
+/// store turns out to be another one. Returns when the receiver is gone.
 pub async fn watch_services(
     args: EtcdArgs,
     prefixes: Vec<ServicePrefix>,
     tx: mpsc::Sender<WatchEvent>,
 ) {
-    let mut backoff = Backoff::default();
     let all: Vec<(usize, ServicePrefix)> = prefixes.into_iter().enumerate().collect();
+    loop {
+        let (client, snapshot, identity) = connect_and_list(&args, &all).await;
+        let WatchEvent::Snapshot { revision, .. } = &snapshot else {
+            return;
+        };
+        let revision = *revision;
+        tracing::info!(
+            revision,
+            store_revision = identity.revision(),
+            cluster_id = %hex(identity.cluster_id()),
+            services = all.len(),
+            "listed services from etcd"
+        );
+        if tx.send(snapshot).await.is_err() {
+            return;
+        }
+        match supervise(&args, &all, client, revision, identity, &tx).await {
+            Some(Restart::Store { why, old, new }) => tracing::warn!(
+                old_cluster_id = %hex(old.cluster_id()),
+                new_cluster_id = %hex(Some(new.cluster_id)),
+                old_revision = old.revision(),
+                new_revision = new.revision,
+                "the etcd store is not the one listed before ({why}); re-listing every service prefix at its revision"
+            ),
+            Some(Restart::TaskFailed) => {}
+            None => return,
+        }
+    }
+}
+
+fn hex(cluster_id: Option<u64>) -> String {
+    cluster_id.map(|c| format!("{c:#x}")).unwrap_or_default()
+}
+
+/// Why the watches start over from a new listing.
+enum Restart {
+    /// The store is not the one listed: `old` is what was known of it, `new` what answers.
+    Store {
+        why: Why,
+        old: StoreIdentity,
+        new: Stamp,
+    },
+    /// A watch task panicked (logged).
+    TaskFailed,
+}
+
+/// Connects and lists every prefix, retrying with backoff until it works.
+async fn connect_and_list(
+    args: &EtcdArgs,
+    all: &[(usize, ServicePrefix)],
+) -> (Client, WatchEvent, StoreIdentity) {
+    let mut backoff = Backoff::default();
     let timeout = args.etcd_timeout;
-    let (client, snapshot) = loop {
+    loop {
         let attempt = async {
             let client = args.connect().await?;
-            let snap = tokio::time::timeout(timeout * 4, list_services(&client, &all, 0))
+            let (snap, identity) = tokio::time::timeout(timeout * 4, list_stamped(&client, all, 0))
                 .await
                 .map_err(|_| anyhow!("listing services timed out after {:?}", timeout * 4))??;
-            anyhow::Ok((client, snap))
+            anyhow::Ok((client, snap, identity))
         };
         match attempt.await {
-            Ok(ok) => break ok,
+            Ok(ok) => return ok,
             Err(e) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, endpoints = %args.endpoints.join(","), "etcd unreachable; keeping the last good config");
                 tokio::time::sleep(delay).await;
             }
         }
-    };
-    let WatchEvent::Snapshot { revision, .. } = &snapshot else {
-        return;
-    };
-    let revision = *revision;
-    tracing::info!(revision, services = all.len(), "listed services from etcd");
-    if tx.send(snapshot).await.is_err() {
-        return;
     }
+}
+
+/// Runs one watch per prefix from `revision + 1` and checks the store's identity until it
+/// changes (returns why, with every watch stopped) or the receiver is gone (`None`).
+/// `revision` is the listing's; `identity` what its headers showed.
+async fn supervise(
+    args: &EtcdArgs,
+    all: &[(usize, ServicePrefix)],
+    client: Client,
+    revision: i64,
+    identity: StoreIdentity,
+    tx: &mpsc::Sender<WatchEvent>,
+) -> Option<Restart> {
+    let (suspect, mut suspicions) = mpsc::channel(1);
+    let shared = Shared {
+        identity: Arc::new(Mutex::new(identity)),
+        suspect,
+    };
     let mut tasks = JoinSet::new();
     for (idx, prefix) in all {
-        let (client, tx) = (client.clone(), tx.clone());
-        tasks.spawn(watch_prefix(client, idx, prefix, revision, timeout, tx));
-    }
-    while tasks.join_next().await.is_some() {}
-}
-
-/// Watches one prefix from `revision + 1` for ever: re-watches from the last revision seen
-/// after a broken stream, re-lists after compaction.
-async fn watch_prefix(
-    client: Client,
-    idx: usize,
-    prefix: ServicePrefix,
-    mut revision: i64,
-    timeout: Duration,
-    tx: mpsc::Sender<WatchEvent>,
-) {
-    let mut backoff = Backoff::default();
-    loop {
-        match watch_once(
-            &client,
-            idx,
-            &prefix,
-            &mut revision,
-            timeout,
-            &tx,
-            &mut backoff,
-        )
-        .await
-        {
-            Ok(WatchEnd::ReceiverGone) => return,
-            Ok(WatchEnd::Compacted(compact)) => {
-                tracing::warn!(prefix = %prefix, revision, compact_revision = compact, "watch fell behind compaction; re-listing");
-                loop {
-                    let listed = tokio::time::timeout(
-                        timeout * 4,
-                        list_services(&client, &[(idx, prefix.clone())], 0),
-                    )
-                    .await
-                    .map_err(|_| anyhow!("re-listing timed out"))
-                    .and_then(|r| r);
-                    match listed {
-                        Ok(snap) => {
-                            if let WatchEvent::Snapshot { revision: r, .. } = &snap {
-                                revision = *r;
-                            }
-                            if tx.send(snap).await.is_err() {
-                                return;
-                            }
-                            break;
-                        }
-                        Err(e) => {
-                            let delay = backoff.next_delay();
-                            tracing::warn!(prefix = %prefix, error = %format!("{e:#}"), retry_in = ?delay, "re-listing failed");
-                            tokio::time::sleep(delay).await;
-                        }
-                    }
-                }
-                backoff.reset();
-            }
-            Err(e) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(prefix = %prefix, revision, error = %format!("{e:#}"), retry_in = ?delay, "etcd watch broken; re-watching from the last revision seen");
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
-}
-
-enum WatchEnd {
-    ReceiverGone,
-    Compacted(i64),
-}
-
-async fn watch_once(
-    client: &Client,
-    idx: usize,
-    prefix: &ServicePrefix,
-    revision: &mut i64,
-    timeout: Duration,
-    tx: &mpsc::Sender<WatchEvent>,
-    backoff: &mut Backoff,
-) -> Result<WatchEnd> {
-    let opts = WatchOptions::new()
-        .with_prefix()
-        .with_start_revision(*revision + 1)
-        .with_progress_notify();
-    let mut wc = client
-        .watch_client()
-        .max_decoding_message_size(MAX_WATCH_MESSAGE);
-    let mut stream = tokio::time::timeout(timeout, wc.watch(prefix.watch_key(), Some(opts)))
-        .await
-        .map_err(|_| anyhow!("creating the watch timed out"))??;
-    while let Some(resp) = stream.message().await? {
-        if resp.canceled() {
-            if resp.compact_revision() > 0 {
-                return Ok(WatchEnd::Compacted(resp.compact_revision()));
-            }
-            return Err(anyhow!("watch canceled by etcd: {}", resp.cancel_reason()));
-        }
-        if resp.created() {
-            backoff.reset();
-            tracing::debug!(prefix = %prefix, from = *revision + 1, "watching");
-            continue;
-        }
-        let events = resp.events();
-        if events.is_empty() {
-            // A progress notification: every later event is newer than its header revision.
-            if let Some(h) = resp.header() {
-                *revision = (*revision).max(h.revision());
-            }
-            continue;
-        }
-        let mut changes = Vec::with_capacity(events.len());
-        for ev in events {
-            let Some(kv) = ev.kv() else { continue };
-            *revision = (*revision).max(kv.mod_revision());
-            changes.push(match ev.event_type() {
-                EventType::Put => KvChange::Put {
-                    key: kv.key().to_vec(),
-                    value: kv.value().to_vec(),
-                },
-                EventType::Delete => KvChange::Delete {
-                    key: kv.key().to_vec(),
-                },
-            });
-        }
-        let ev = WatchEvent::Changes {
-            service: idx,
-            revision: *revision,
-            changes,
+        let watch = PrefixWatch {
+            client: client.clone(),
+            idx: *idx,
+            prefix: prefix.clone(),
+            timeout: args.etcd_timeout,
+            tx: tx.clone(),
+            shared: shared.clone(),
         };
-        if tx.send(ev).await.is_err() {
-            return Ok(WatchEnd::ReceiverGone);
-        }
+        tasks.spawn(watch.run(revision));
     }
-    Err(anyhow!("etcd closed the watch stream"))
+    let probe_key = all.first().map(|(_, p)| p.watch_key()).unwrap_or_default();
+    let mut ticks =
+        tokio::time::interval_at(tokio::time::Instant::now() + CHECK_EVERY, CHECK_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let changed = loop {
+        tokio::select! {
+            ended = tasks.join_next() => match ended {
+                // Watches end only when the receiver is gone.
+                None | Some(Ok(())) => return None,
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "an etcd watch task failed; re-listing and watching again");
+                    break Restart::TaskFailed;
+                }
+            },
+            Some(why) = suspicions.recv() => {
+                tracing::debug!(why = %why, "a watch saw a header that does not fit the store; checking");
+                if let Some(restart) = check(&client, &probe_key, args.etcd_timeout, &shared).await {
+                    break restart;
+                }
+            }
+            _ = ticks.tick() => {
+                if let Some(restart) = check(&client, &probe_key, args.etcd_timeout, &shared).await {
+                    break restart;
+                }
+            }
+        }
+    };
+    tasks.shutdown().await;
+    Some(changed)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefix_end_increments_last_byte() {
-        assert_eq!(prefix_end(b"/service/"), b"/service0".to_vec());
-        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-        assert_eq!(prefix_end(b"\xff"), vec![0]);
+/// Reads the store's identity with a linearizable count-only read (it reflects every write
+/// any watch can have seen, so a lagging member does not pass for a rolled-back store) and
+/// returns why the store changed, if it did. A failed read changes nothing: the watches
+/// notice an unreachable etcd themselves.
+async fn check(client: &Client, key: &str, timeout: Duration, shared: &Shared) -> Option<Restart> {
+    match read_stamp(client, key, timeout).await {
+        Ok(new) => {
+            let mut identity = shared.identity.lock().unwrap_or_else(|p| p.into_inner());
+            let old = *identity;
+            match identity.observe_stamp(new) {
+                Observation::Same => None,
+                Observation::Changed { why } => Some(Restart::Store { why, old, new }),
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %format!("{e:#}"), "etcd identity check failed");
+            None
+        }
     }
+}
+
+async fn read_stamp(client: &Client, key: &str, timeout: Duration) -> Result<Stamp> {
+    let opts = GetOptions::new().with_prefix().with_count_only();
+    let resp = tokio::time::timeout(timeout, client.kv_client().get(key, Some(opts)))
+        .await
+        .map_err(|_| anyhow!("no answer within {timeout:?}"))?
+        .with_context(|| format!("count-only read of \"{key}\""))?;
+    resp.header()
+        .map(Stamp::of)
+        .ok_or_else(|| anyhow!("etcd answered without a header"))
 }
