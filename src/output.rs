@@ -1,10 +1,83 @@
-//! Output files: staging a candidate next to the live file, replacing it atomically, and the
-//! diff shown by `--dry-run`.
+//! Output files: staging a candidate next to the live file, replacing it atomically, removing
+//! the temporaries a killed watcher left behind, and the diff shown by `--dry-run`.
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use tempfile::NamedTempFile;
+
+/// Random characters in a staged file's name: `.<name>.<RAND_LEN alphanumerics>.tmp`.
+const RAND_LEN: usize = 6;
+const TMP_SUFFIX: &str = ".tmp";
+
+/// The name of `target`'s file, or "" when it has none.
+fn file_name(target: &Path) -> String {
+    target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The folder `target` lives in (`.` for a bare file name).
+fn folder(target: &Path) -> &Path {
+    match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// Whether `candidate` is a name [`Staged::write`] gives its temporaries for a live file
+/// named `name`: `.<name>.` then exactly [`RAND_LEN`] ASCII letters or digits, then `.tmp`.
+fn is_staged_name(name: &str, candidate: &OsStr) -> bool {
+    let Some(candidate) = candidate.to_str() else {
+        return false;
+    };
+    let random = candidate
+        .strip_prefix('.')
+        .and_then(|c| c.strip_prefix(name))
+        .and_then(|c| c.strip_prefix('.'))
+        .and_then(|c| c.strip_suffix(TMP_SUFFIX));
+    matches!(random, Some(r) if r.len() == RAND_LEN && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// Removes the temporaries [`Staged::write`] left beside `target` when the process was killed
+/// between writing and renaming them (`.<name>.XXXXXX.tmp` in `target`'s folder, regular files
+/// only; nothing else is touched, and sub-folders are not searched). Returns the paths
+/// removed. Call it at start-up, before anything is staged for `target`: a temporary being
+/// written at that moment would be removed too. Errors name the folder or file at fault.
+pub fn remove_stale_temporaries(target: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let name = file_name(target);
+    let dir = folder(target);
+    let named = |e: std::io::Error, path: &Path| {
+        std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+    };
+    let mut removed = Vec::new();
+    if name.is_empty() {
+        return Ok(removed);
+    }
+    for entry in std::fs::read_dir(dir).map_err(|e| named(e, dir))? {
+        let entry = entry.map_err(|e| named(e, dir))?;
+        if !is_staged_name(&name, &entry.file_name()) {
+            continue;
+        }
+        let path = entry.path();
+        // Not followed: a symlink or folder with our name pattern is not ours.
+        let is_file = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file());
+        if !is_file {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(file = %path.display(), output = %target.display(), "removed a stale temporary file left by an interrupted write");
+                removed.push(path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(named(e, &path)),
+        }
+    }
+    Ok(removed)
+}
 
 /// A candidate written to a temporary file in the live file's folder, ready to be validated
 /// and then renamed over the live file.
@@ -17,17 +90,12 @@ impl Staged {
     /// Writes `content` to a temporary file beside `target` and fsyncs it. The file gets the
     /// live file's permissions, or 0644 for a new one.
     pub fn write(target: &Path, content: &str) -> std::io::Result<Self> {
-        let dir = match target.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let dir = folder(target);
+        let name = file_name(target);
         let mut file = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
-            .suffix(".tmp")
+            .rand_bytes(RAND_LEN)
+            .suffix(TMP_SUFFIX)
             .tempfile_in(dir)?;
         file.write_all(content.as_bytes())?;
         let mode = std::fs::metadata(target)
@@ -114,6 +182,60 @@ mod tests {
         drop(Staged::write(&live, "x").unwrap());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         assert_eq!(read_live(&live).unwrap(), None);
+    }
+
+    #[test]
+    fn stale_temporaries_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("backends.cfg");
+        std::fs::write(&live, "live\n").unwrap();
+        // What a watcher killed between write and rename leaves: a real staged file.
+        let staged = Staged::write(&live, "half").unwrap();
+        let stale = staged.path().to_path_buf();
+        std::mem::forget(staged);
+        let stale2 = dir.path().join(".backends.cfg.aB3xY9.tmp");
+        std::fs::write(&stale2, "x").unwrap();
+        let keep = [
+            "backends.cfg.bak",
+            ".backends.cfg.tmp",
+            ".backends.cfg.abc.tmp",
+            ".backends.cfg.abcdefg.tmp",
+            ".backends.cfg.ab-de_.tmp",
+            ".other.cfg.aB3xY9.tmp",
+            ".backends.cfgX.aB3xY9.tmp",
+            "backends.cfg.aB3xY9.tmp",
+            ".backends.cfg.aB3xY9.tmp.keep",
+        ];
+        for k in keep {
+            std::fs::write(dir.path().join(k), "keep").unwrap();
+        }
+        // A folder and a symlink with our pattern, and a match one level down: left alone.
+        std::fs::create_dir(dir.path().join(".backends.cfg.DIR123.tmp")).unwrap();
+        std::os::unix::fs::symlink(&live, dir.path().join(".backends.cfg.LNK123.tmp")).unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join(".backends.cfg.aB3xY9.tmp"), "x").unwrap();
+
+        let mut removed = remove_stale_temporaries(&live).unwrap();
+        removed.sort();
+        let mut want = vec![stale, stale2];
+        want.sort();
+        assert_eq!(removed, want);
+        assert_eq!(read_live(&live).unwrap().as_deref(), Some("live\n"));
+        for k in keep {
+            assert!(dir.path().join(k).exists(), "{k} kept");
+        }
+        assert!(dir.path().join(".backends.cfg.DIR123.tmp").is_dir());
+        assert!(dir.path().join(".backends.cfg.LNK123.tmp").exists());
+        assert!(sub.join(".backends.cfg.aB3xY9.tmp").exists());
+        assert!(remove_stale_temporaries(&live).unwrap().is_empty());
+    }
+
+    #[test]
+    fn stale_temporaries_errors_name_the_folder() {
+        let err =
+            remove_stale_temporaries(Path::new("/nonexistent-dockreg/backends.cfg")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent-dockreg"), "{err}");
     }
 
     #[test]
