@@ -2,7 +2,7 @@
 //! check against the new configuration, and the bounded drain of removed servers; and the
 //! [`RuntimeUpdate`] seam through which the change pipeline uses all this.
 
-use super::{used_connections, RuntimeSocket, ServerState, ADMIN_FORCED_MAINT};
+use super::{same_ip, used_connections, RuntimeSocket, ServerState, ADMIN_FORCED_MAINT};
 use crate::haproxy::plan::{Config, Op, Server, DEFAULT_WEIGHT};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -208,11 +208,11 @@ impl RuntimeApplier {
             .socket
             .command(&format!("show servers conn {backend}"))
             .await?;
-        let Some((used, addr)) = used_connections(&text, id)? else {
+        let Some((used, Some(addr))) = used_connections(&text, id)? else {
             return Ok(());
         };
-        if used == 0 && addr != "0.0.0.0" && addr != "::" {
-            let unspecified = if addr.contains(':') { "::" } else { "0.0.0.0" };
+        if used == 0 && !addr.is_unspecified() {
+            let unspecified = if addr.is_ipv6() { "::" } else { "0.0.0.0" };
             let answer = self
                 .socket
                 .command(&format!("set server {id} addr {unspecified}"))
@@ -287,8 +287,9 @@ impl RuntimeUpdate for RuntimePath {
     }
 }
 
-/// Compares `backend`'s servers in HAProxy (`state`) with the configuration's (`want`).
-/// Servers in `draining` (`backend/server`) may linger in maintenance.
+/// Compares `backend`'s servers in HAProxy (`state`) with the configuration's (`want`);
+/// addresses as parsed IPs ([`same_ip`]). Servers in `draining` (`backend/server`) may linger
+/// in maintenance.
 pub fn verify(
     backend: &str,
     want: &[Server],
@@ -308,7 +309,7 @@ pub fn verify(
             ));
         };
         let weight = w.weight.unwrap_or(DEFAULT_WEIGHT);
-        if h.addr != w.addr || h.port != w.port {
+        if !same_ip(&h.addr, &w.addr) || h.port != w.port {
             return Err(format!(
                 "server {backend}/{}: HAProxy has {}:{}, the configuration {}",
                 w.name,

@@ -16,6 +16,7 @@ pub use apply::{verify, BoxFuture, RuntimeApplier, RuntimePath, RuntimeUpdate};
 
 use super::plan::Config;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -105,6 +106,18 @@ impl RuntimeSocket {
             .and_then(|s| s.commit())
             .map_err(|e| format!("--server-state-file {}: {e}", path.display()))?;
         Ok((saved, dropped))
+    }
+}
+
+/// Whether HAProxy's text of an address (`show servers state`, `show servers conn`) and the
+/// configuration's name the same IP. Compared as parsed addresses, never as text: HAProxy
+/// prints with `inet_ntop`, which spells `::/96` addresses with an embedded IPv4 part
+/// (`[::a00:1]` comes back as `::10.0.0.1`). Text that is not an IP on either side (a name
+/// HAProxy has not resolved) is compared as it is.
+pub fn same_ip(haproxy: &str, config: &str) -> bool {
+    match (haproxy.parse::<IpAddr>(), config.parse::<IpAddr>()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => haproxy == config,
     }
 }
 
@@ -205,9 +218,9 @@ impl Columns {
 }
 
 /// Keeps the lines of a `show servers state` dump that agree with `configs` (the files the
-/// next worker loads, parsed): a server whose address or port there differs from HAProxy's is
-/// left out, because HAProxy would restore the saved port over the configured one. Returns the
-/// text and how many servers were left out.
+/// next worker loads, parsed): a server whose address (compared with [`same_ip`]) or port there
+/// differs from HAProxy's is left out, because HAProxy would restore the saved port over the
+/// configured one. Returns the text and how many servers were left out.
 pub fn state_for(dump: &str, configs: &[&Config]) -> Result<(String, usize), String> {
     let mut want: HashMap<(&str, &str), (&str, u16)> = HashMap::new();
     for config in configs {
@@ -234,7 +247,7 @@ pub fn state_for(dump: &str, configs: &[&Config]) -> Result<(String, usize), Str
         let s = columns.parse(line)?;
         let agrees = want
             .get(&(s.backend.as_str(), s.name.as_str()))
-            .is_none_or(|(addr, port)| *addr == s.addr && *port == s.port);
+            .is_none_or(|(addr, port)| same_ip(&s.addr, addr) && *port == s.port);
         if agrees {
             out.push_str(line);
             out.push('\n');
@@ -245,9 +258,9 @@ pub fn state_for(dump: &str, configs: &[&Config]) -> Result<(String, usize), Str
     Ok((out, dropped))
 }
 
-/// The requests in progress on server `id` (`backend/server`) and its address, from
-/// `show servers conn`; `None` if it is not listed.
-pub fn used_connections(text: &str, id: &str) -> Result<Option<(u32, String)>, String> {
+/// The requests in progress on server `id` (`backend/server`) and its address (`None` when
+/// HAProxy's text is not an IP), from `show servers conn`; `None` if it is not listed.
+pub fn used_connections(text: &str, id: &str) -> Result<Option<(u32, Option<IpAddr>)>, String> {
     let mut lines = text.lines();
     let header = lines.next().unwrap_or_default();
     if !header.starts_with('#') {
@@ -269,10 +282,7 @@ pub fn used_connections(text: &str, id: &str) -> Result<Option<(u32, String)>, S
             .get(used)
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| format!("`show servers conn`: bad line {line:?}"))?;
-        return Ok(Some((
-            n,
-            f.get(addr).copied().unwrap_or_default().to_string(),
-        )));
+        return Ok(Some((n, f.get(addr).and_then(|a| a.parse().ok()))));
     }
     Ok(None)
 }

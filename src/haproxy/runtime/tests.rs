@@ -60,12 +60,22 @@ service/s2 4/2 ::1 9202 - 5000 0 1 1 1 0 -1 1 1 0
 ";
     assert_eq!(
         used_connections(text, "service/s1").unwrap(),
-        Some((2, "127.0.0.1".into()))
+        Some((2, Some("127.0.0.1".parse().unwrap())))
     );
     assert_eq!(
         used_connections(text, "service/s2").unwrap(),
-        Some((0, "::1".into()))
+        Some((0, Some("::1".parse().unwrap())))
     );
+    // HAProxy 2.6 prints `::/96` addresses with an embedded IPv4 part.
+    let text = "# bkname/svname bkid/svid addr port - purge_delay used_cur used_max need_est unsafe_nb safe_nb idle_lim idle_cur idle_per_thr[2]
+b/s1 2/1 ::10.0.0.1 80 - 5000 0 0 0 0 0 -1 0 0 0
+b/s6 2/6 - 80 - 0 0 0 0 0 0 0 0
+";
+    assert_eq!(
+        used_connections(text, "b/s1").unwrap(),
+        Some((0, Some("::a00:1".parse().unwrap())))
+    );
+    assert_eq!(used_connections(text, "b/s6").unwrap(), Some((0, None)));
     assert_eq!(used_connections(text, "service/s3").unwrap(), None);
     assert!(used_connections("Can't find backend.\n", "b/s").is_err());
 }
@@ -106,6 +116,58 @@ fn verify_names_each_mismatch() {
     ];
     let err = verify("service", &want, &s, &[]).unwrap_err();
     assert!(err.contains("maintenance"), "{err}");
+}
+
+/// What HAProxy 2.6.12 printed for servers configured as `[::a00:1]:80 weight 5`,
+/// `[::10.0.0.2]:80`, `[::ffff:10.0.0.3]:80`, `[::1]:80` and `10.0.0.5:80` (`show servers state b`,
+/// copied from a real run): `::/96` addresses come back with an embedded IPv4 part.
+const STATE_V6: &str = "1
+# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port
+2 b 1 s1 ::10.0.0.1 2 0 5 5 1 1 0 2 0 0 0 0 - 80 - 0 0 - - 0
+2 b 2 s2 ::10.0.0.2 2 0 1 1 1 1 0 2 0 0 0 0 - 80 - 0 0 - - 0
+2 b 3 s3 ::ffff:10.0.0.3 2 0 1 1 1 1 0 2 0 0 0 0 - 80 - 0 0 - - 0
+2 b 4 s4 ::1 2 0 1 1 1 1 0 2 0 0 0 0 - 80 - 0 0 - - 0
+2 b 5 s5 10.0.0.5 2 0 1 1 1 1 0 2 0 0 0 0 - 80 - 0 0 - - 0
+";
+
+#[test]
+fn verify_compares_addresses_as_ips_not_text() {
+    let s = ServerState::parse_all(STATE_V6).unwrap();
+    assert_eq!(s[0].addr, "::10.0.0.1", "HAProxy's own spelling");
+    // The configuration's canonical text (Rust's, as rendered) for the same addresses.
+    let want = [
+        server("s1", "::a00:1", 80, Some(5)),
+        server("s2", "::a00:2", 80, None),
+        server("s3", "::ffff:10.0.0.3", 80, None),
+        server("s4", "::1", 80, None),
+        server("s5", "10.0.0.5", 80, None),
+    ];
+    verify("b", &want, &s, &[]).unwrap();
+    // A mapped address is not its IPv4 address to HAProxy: still a mismatch.
+    let err = verify("b", &[server("s3", "10.0.0.3", 80, None)], &s, &[]).unwrap_err();
+    assert!(err.contains("s3") && err.contains("10.0.0.3"), "{err}");
+    let err = verify("b", &[server("s1", "::a00:9", 80, Some(5))], &s, &[]).unwrap_err();
+    assert!(err.contains("::a00:9"), "{err}");
+}
+
+#[test]
+fn saved_state_compares_addresses_as_ips() {
+    let config = "backend b\n    server s1 [::a00:1]:80 weight 5\n    server s2 [::a00:9]:80\n    server s5 10.0.0.5:80\n";
+    let (text, dropped) = state_for(STATE_V6, &[&crate::haproxy::plan::parse(config)]).unwrap();
+    assert_eq!(dropped, 1, "only s2 moved: {text}");
+    assert!(
+        text.contains(" s1 ::10.0.0.1 ") && !text.contains(" s2 "),
+        "{text}"
+    );
+}
+
+#[test]
+fn same_ip_parses_both_sides() {
+    assert!(same_ip("::10.0.0.1", "::a00:1"));
+    assert!(same_ip("::1", "0:0:0:0:0:0:0:1"));
+    assert!(!same_ip("::ffff:10.0.0.1", "10.0.0.1"));
+    assert!(same_ip("-", "-"));
+    assert!(!same_ip("-", "10.0.0.1"));
 }
 
 #[tokio::test]
