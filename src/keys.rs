@@ -103,9 +103,10 @@ impl ServicePrefix {
         format!("{}/", self.prefix)
     }
 
-    /// The key an endpoint is registered under.
+    /// The key an endpoint is registered under, always in canonical form: an IPv4-mapped
+    /// IPv6 address (`::ffff:10.0.0.1`) is written as the IPv4 address it maps.
     pub fn endpoint_key(&self, addr: SocketAddr) -> String {
-        format!("{}/{}", self.prefix, addr)
+        format!("{}/{}", self.prefix, canonical(addr))
     }
 }
 
@@ -115,11 +116,20 @@ impl fmt::Display for ServicePrefix {
     }
 }
 
+/// The canonical form of an endpoint address: an IPv4-mapped IPv6 address
+/// (`[::ffff:10.0.0.1]:80`) becomes the IPv4 address it maps (`10.0.0.1:80`), because both
+/// reach the same socket; every other address is returned as it is.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 /// Parses the part of `key` below `prefix` as an endpoint address.
 ///
-/// Accepts exactly the canonical `Display` text of a [`SocketAddr`] (so `10.0.0.1:80` and
-/// `[fe80::1]:80`, not `010.0.0.1:80` or `[FE80::1]:80`): two keys can never name the same
-/// endpoint, and the text that reaches the output is always the canonical one.
+/// Accepts exactly the canonical `Display` text of a [`canonical`] [`SocketAddr`] (so
+/// `10.0.0.1:80` and `[fe80::1]:80`, not `010.0.0.1:80`, `[FE80::1]:80` or
+/// `[::ffff:10.0.0.1]:80`): two keys can never name the same endpoint, and the text that
+/// reaches the output is always the canonical one. The address rules are applied to the
+/// canonical form, so `[::ffff:0.0.0.0]:80` is refused as unroutable like `0.0.0.0:80`.
 pub fn parse_endpoint_key(prefix: &ServicePrefix, key: &[u8]) -> Result<SocketAddr, KeyError> {
     let key = std::str::from_utf8(key).map_err(|_| KeyError::NotUtf8)?;
     let rest = key
@@ -129,12 +139,13 @@ pub fn parse_endpoint_key(prefix: &ServicePrefix, key: &[u8]) -> Result<SocketAd
     if rest.contains('/') {
         return Err(KeyError::Nested);
     }
-    let addr: SocketAddr = rest.parse().map_err(|_| KeyError::NotSocketAddr)?;
-    if let SocketAddr::V6(v6) = addr {
+    let parsed: SocketAddr = rest.parse().map_err(|_| KeyError::NotSocketAddr)?;
+    if let SocketAddr::V6(v6) = parsed {
         if v6.scope_id() != 0 || v6.flowinfo() != 0 {
             return Err(KeyError::Ipv6Scope);
         }
     }
+    let addr = canonical(parsed);
     if addr.port() == 0 {
         return Err(KeyError::PortZero);
     }
@@ -143,9 +154,9 @@ pub fn parse_endpoint_key(prefix: &ServicePrefix, key: &[u8]) -> Result<SocketAd
     if ip.is_unspecified() || ip.is_multicast() || broadcast {
         return Err(KeyError::Unroutable(ip));
     }
-    let canonical = addr.to_string();
-    if canonical != rest {
-        return Err(KeyError::NotCanonical(canonical));
+    let text = addr.to_string();
+    if text != rest {
+        return Err(KeyError::NotCanonical(text));
     }
     Ok(addr)
 }
@@ -153,8 +164,9 @@ pub fn parse_endpoint_key(prefix: &ServicePrefix, key: &[u8]) -> Result<SocketAd
 /// The stable HAProxy server name of an endpoint, derived from its address alone:
 /// `10.0.0.1:8080` → `10.0.0.1_8080`, `[fe80::1]:8080` → `fe80--1_8080`.
 ///
-/// The mapping is injective on canonical addresses (IPv6 text never holds `-`), so a changed
-/// endpoint never inherits another endpoint's server state across a reload.
+/// The mapping is injective on canonical addresses (IPv6 text never holds `-`; an IPv4-mapped
+/// address, which would name the same server as its IPv4 address, is never canonical), so a
+/// changed endpoint never inherits another endpoint's server state across a reload.
 pub fn server_name(addr: SocketAddr) -> String {
     let ip = match addr.ip() {
         IpAddr::V4(v4) => v4.to_string(),
@@ -226,6 +238,32 @@ mod tests {
                 KeyError::NotCanonical("[fe80::1]:80".into()),
             ),
             (b"/service/[fe80::1%2]:80", KeyError::Ipv6Scope),
+            // IPv4-mapped: the rules apply to the IPv4 address, and the key is not canonical.
+            (
+                b"/service/[::ffff:0.0.0.0]:80",
+                KeyError::Unroutable("0.0.0.0".parse().unwrap()),
+            ),
+            (
+                b"/service/[::ffff:255.255.255.255]:80",
+                KeyError::Unroutable("255.255.255.255".parse().unwrap()),
+            ),
+            (
+                b"/service/[::ffff:224.0.0.1]:80",
+                KeyError::Unroutable("224.0.0.1".parse().unwrap()),
+            ),
+            (b"/service/[::ffff:10.0.0.1]:0", KeyError::PortZero),
+            (
+                b"/service/[::ffff:10.0.0.1]:80",
+                KeyError::NotCanonical("10.0.0.1:80".into()),
+            ),
+            (
+                b"/service/[::ffff:a00:1]:80",
+                KeyError::NotCanonical("10.0.0.1:80".into()),
+            ),
+            (
+                b"/service/[::FFFF:10.0.0.1]:80",
+                KeyError::NotCanonical("10.0.0.1:80".into()),
+            ),
         ];
         for (key, want) in cases {
             assert_eq!(
@@ -235,6 +273,38 @@ mod tests {
                 String::from_utf8_lossy(key)
             );
         }
+    }
+
+    #[test]
+    fn ipv4_compatible_addresses_keep_their_ipv6_form() {
+        // `::/96` is not IPv4-mapped: `[::a00:1]:80` is its own IPv6 endpoint (HAProxy prints
+        // it `::10.0.0.1`; the runtime path compares parsed addresses).
+        let p = svc();
+        let addr: SocketAddr = "[::a00:1]:80".parse().unwrap();
+        assert_eq!(parse_endpoint_key(&p, b"/service/[::a00:1]:80"), Ok(addr));
+        assert_eq!(
+            parse_endpoint_key(&p, b"/service/[::10.0.0.1]:80"),
+            Err(KeyError::NotCanonical("[::a00:1]:80".into()))
+        );
+        assert_eq!(
+            parse_endpoint_key(&p, b"/service/[::1]:80").map(|a| a.is_ipv6()),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn endpoint_keys_are_canonical() {
+        let p = svc();
+        let mapped: SocketAddr = "[::ffff:10.0.0.1]:80".parse().unwrap();
+        assert_eq!(p.endpoint_key(mapped), "/service/10.0.0.1:80");
+        assert_eq!(
+            parse_endpoint_key(&p, p.endpoint_key(mapped).as_bytes()),
+            Ok("10.0.0.1:80".parse().unwrap())
+        );
+        assert_eq!(
+            p.endpoint_key("[2001:db8::1]:80".parse().unwrap()),
+            "/service/[2001:db8::1]:80"
+        );
     }
 
     #[test]
