@@ -234,14 +234,20 @@ pub struct Haproxy {
     pub base: PathBuf,
     pub output: PathBuf,
     pub env: Vec<(String, String)>,
-    child: Child,
+    dir: PathBuf,
+    child: Option<Child>,
 }
 
 impl Haproxy {
     /// Starts HAProxy with `haproxy/haproxy.cfg` and `dir/backends.cfg` (an empty `service`
     /// backend until the watcher renders it).
     pub async fn start(dir: &Path) -> Haproxy {
-        let output = dir.join("backends.cfg");
+        Self::start_with_output(dir, dir.join("backends.cfg")).await
+    }
+
+    /// Like [`start`](Self::start), with the rendered file at `output` (another folder, e.g.
+    /// a tiny tmpfs).
+    pub async fn start_with_output(dir: &Path, output: PathBuf) -> Haproxy {
         if !output.exists() {
             std::fs::write(&output, "backend service\n").expect("write backends.cfg");
         }
@@ -256,34 +262,66 @@ impl Haproxy {
         ];
         let base = Path::new(REPO).join("haproxy/haproxy.cfg");
         let master_socket = dir.join("master.sock");
-        let log = File::create(dir.join("haproxy.log")).expect("create haproxy log");
-        let child = Command::new("haproxy")
-            .arg("-W")
-            .arg("-S")
-            .arg(&master_socket)
-            .arg("-f")
-            .arg(&base)
-            .arg("-f")
-            .arg(&output)
-            .envs(env.iter().cloned())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("haproxy not found: install haproxy (tests/run.sh does)");
-        let h = Haproxy {
+        let mut h = Haproxy {
             http,
             master_socket,
             admin_socket: dir.join("admin.sock"),
             base,
             output,
             env,
-            child,
+            dir: dir.to_path_buf(),
+            child: None,
         };
+        h.spawn().await;
+        h
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("haproxy.log"))
+            .expect("open haproxy log");
+        let child = Command::new("haproxy")
+            .arg("-W")
+            .arg("-S")
+            .arg(&self.master_socket)
+            .arg("-f")
+            .arg(&self.base)
+            .arg("-f")
+            .arg(&self.output)
+            .envs(self.env.iter().cloned())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("haproxy not found: install haproxy (tests/run.sh does)");
+        self.child = Some(child);
+        let http = self.http;
         eventually(Duration::from_secs(10), "HAProxy listening", || async {
             TcpStream::connect(http).await.is_ok()
         })
         .await;
-        h
+    }
+
+    /// Stops HAProxy (master and workers) and removes its sockets, as a stopped service
+    /// leaves them.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill(&mut c);
+        }
+        let _ = std::fs::remove_file(&self.master_socket);
+        let _ = std::fs::remove_file(&self.admin_socket);
+    }
+
+    /// Starts HAProxy again with the same files, ports and sockets.
+    pub async fn start_again(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+
+    /// HAProxy's own log (its master's stderr).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("haproxy.log")).unwrap_or_default()
     }
 
     /// `show proc` through the master socket: (master reloads, failed reloads, current worker pids).
@@ -309,7 +347,9 @@ impl Haproxy {
 
 impl Drop for Haproxy {
     fn drop(&mut self) {
-        kill(&mut self.child);
+        if let Some(mut c) = self.child.take() {
+            kill(&mut c);
+        }
     }
 }
 
@@ -575,9 +615,15 @@ pub struct World {
 
 impl World {
     pub async fn new() -> World {
+        Self::with_output(|dir| dir.join("backends.cfg")).await
+    }
+
+    /// A world whose rendered file is `output(dir)` (the folder must exist).
+    pub async fn with_output(output: impl FnOnce(&Path) -> PathBuf) -> World {
         let dir = tempfile::tempdir().expect("temp dir");
         let etcd = Etcd::start(dir.path()).await;
-        let haproxy = Haproxy::start(dir.path()).await;
+        let out = output(dir.path());
+        let haproxy = Haproxy::start_with_output(dir.path(), out).await;
         let client = etcd.client().await;
         World {
             dir,
