@@ -4,10 +4,15 @@
 //! re-executes, so the outcome is read back from `show proc`: the master's reload counter
 //! must move, its failed-reload counter must not, and a new worker must be there.
 
+use super::reload::ReloadError;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
+
+/// How long the master may take to answer before a reload: it answers in microseconds, so
+/// longer means it is not there (or hung), and the reload fails fast.
+const MASTER_CHECK: Duration = Duration::from_millis(500);
 
 /// What `show proc` says about the master and its workers.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -98,28 +103,43 @@ impl MasterSocket {
 
     /// `show proc`, retried while the master is re-executing (connection refused).
     pub async fn show_proc(&self) -> Result<ProcList, String> {
-        let deadline = Instant::now() + self.timeout;
+        self.show_proc_within(self.timeout)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// `show proc`, retried for at most `limit`. A socket that is missing or refuses
+    /// connections throughout is [`ReloadError::Unreachable`]: HAProxy is not running.
+    async fn show_proc_within(&self, limit: Duration) -> Result<ProcList, ReloadError> {
+        let deadline = Instant::now() + limit;
+        let mut last = String::from("empty answer to `show proc`");
+        let mut absent;
         loop {
             match self.command("show proc").await {
                 Ok(text) if !text.trim().is_empty() => {
                     return ProcList::parse(&text).map_err(|e| {
-                        format!(
+                        ReloadError::Failed(format!(
                             "--master-socket {}: {e} (is it HAProxy's master socket, -S?)",
                             self.path.display()
-                        )
+                        ))
                     })
                 }
-                Ok(_) => {}
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(format!("--master-socket {}: {e}", self.path.display()))
+                Ok(_) => absent = false,
+                Err(e) => {
+                    absent = matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    );
+                    last = e.to_string();
                 }
-                Err(_) => {}
             }
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "--master-socket {}: empty answer to `show proc`",
-                    self.path.display()
-                ));
+                let msg = format!("--master-socket {}: {last}", self.path.display());
+                return Err(if absent {
+                    ReloadError::Unreachable(format!("{msg} (is HAProxy running?)"))
+                } else {
+                    ReloadError::Failed(msg)
+                });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -138,13 +158,18 @@ impl MasterSocket {
 
     /// Reloads and waits for the outcome; returns the new worker's PID and how many older
     /// workers are still finishing their connections.
-    pub async fn reload(&self) -> Result<(u32, usize), String> {
-        let before = self.show_proc().await?;
+    ///
+    /// A master that is not there fails within [`MASTER_CHECK`], not `timeout`: while HAProxy
+    /// is down, the caller keeps the files following etcd and tries again soon.
+    pub async fn reload(&self) -> Result<(u32, usize), ReloadError> {
+        let before = self
+            .show_proc_within(MASTER_CHECK.min(self.timeout))
+            .await?;
         self.send_reload().await.map_err(|e| {
-            format!(
+            ReloadError::Failed(format!(
                 "--master-socket {}: sending reload: {e}",
                 self.path.display()
-            )
+            ))
         })?;
         let deadline = Instant::now() + self.timeout;
         loop {
@@ -156,10 +181,10 @@ impl MasterSocket {
             };
             if let Some(now) = now {
                 if now.failed > before.failed {
-                    return Err(format!(
-                        "HAProxy refused the new configuration (master reports {} failed reload(s)); the previous worker keeps serving, see HAProxy's log",
+                    return Err(ReloadError::Refused(format!(
+                        "HAProxy refused the files at load time although `haproxy -c` accepted them (its master reports {} failed reload(s)); the previous worker keeps serving",
                         now.failed
-                    ));
+                    )));
                 }
                 if now.reloads > before.reloads {
                     let old: Vec<u32> = before.workers.iter().map(|(p, _)| *p).collect();
@@ -170,11 +195,11 @@ impl MasterSocket {
                 }
             }
             if Instant::now() >= deadline {
-                return Err(format!(
+                return Err(ReloadError::Failed(format!(
                     "no new HAProxy worker within {:?} after reload (--master-socket {})",
                     self.timeout,
                     self.path.display()
-                ));
+                )));
             }
         }
     }

@@ -10,6 +10,6 @@ pub mod runtime;
 mod validate;
 
 pub use master::{MasterSocket, ProcList};
-pub use reload::{Reload, Reloader};
+pub use reload::{Reload, ReloadError, Reloader};
 pub use runtime::{RuntimeApplier, RuntimePath, RuntimeSocket, RuntimeUpdate};
 pub use validate::{find_binary, CheckError, Validate, Validator};

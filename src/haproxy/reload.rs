@@ -7,9 +7,35 @@ use tokio::process::Command;
 /// More old workers than this after a reload earn a warning.
 const OLD_WORKERS_WARN: usize = 5;
 
+/// Why a reload did not happen; each kind is retried differently by the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadError {
+    /// HAProxy refused the files at load time although `haproxy -c` accepted them (a bind on
+    /// a busy port, a file-descriptor limit…); the previous worker keeps serving. Retrying
+    /// the same files only pauses its listeners again.
+    Refused(String),
+    /// HAProxy's master is not there: its socket is missing or refuses connections (HAProxy
+    /// stopped). Cheap to retry; the files keep following etcd meanwhile.
+    Unreachable(String),
+    /// Anything else: no new worker in time, the reload command failed.
+    Failed(String),
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::Refused(m) | ReloadError::Unreachable(m) | ReloadError::Failed(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}
+
+impl std::error::Error for ReloadError {}
+
 /// Makes HAProxy load the files on disk; `Ok` only once the reload is known to have worked.
 pub trait Reload {
-    fn reload(&self) -> impl std::future::Future<Output = Result<String, String>> + Send;
+    fn reload(&self) -> impl std::future::Future<Output = Result<String, ReloadError>> + Send;
 }
 
 /// The reload methods the watcher supports.
@@ -30,7 +56,7 @@ impl Reloader {
 }
 
 impl Reload for Reloader {
-    async fn reload(&self) -> Result<String, String> {
+    async fn reload(&self) -> Result<String, ReloadError> {
         match self {
             Reloader::None => Ok("no reload configured".into()),
             Reloader::Master(m) => {
@@ -53,14 +79,18 @@ impl Reload for Reloader {
                     .stdin(std::process::Stdio::null())
                     .kill_on_drop(true);
                 match tokio::time::timeout(*timeout, c.output()).await {
-                    Err(_) => Err(format!("--reload-cmd {cmd:?} timed out after {timeout:?}")),
-                    Ok(Err(e)) => Err(format!("--reload-cmd {cmd:?}: cannot run: {e}")),
+                    Err(_) => Err(ReloadError::Failed(format!(
+                        "--reload-cmd {cmd:?} timed out after {timeout:?}"
+                    ))),
+                    Ok(Err(e)) => Err(ReloadError::Failed(format!(
+                        "--reload-cmd {cmd:?}: cannot run: {e}"
+                    ))),
                     Ok(Ok(out)) if out.status.success() => Ok("--reload-cmd exited 0".to_string()),
-                    Ok(Ok(out)) => Err(format!(
+                    Ok(Ok(out)) => Err(ReloadError::Failed(format!(
                         "--reload-cmd {cmd:?} failed ({}): {}",
                         out.status,
                         String::from_utf8_lossy(&out.stderr).trim()
-                    )),
+                    ))),
                 }
             }
         }

@@ -35,6 +35,11 @@ pub trait Validate {
     fn base_fingerprint(&self) -> Option<std::time::SystemTime> {
         None
     }
+
+    /// The base configuration checked before the candidates, if any.
+    fn base_path(&self) -> Option<&Path> {
+        None
+    }
 }
 
 /// `haproxy -c -f <base> -f <file>...`.
@@ -99,6 +104,10 @@ impl Validate for Validator {
     fn base_fingerprint(&self) -> Option<std::time::SystemTime> {
         let base = self.base.as_ref()?;
         std::fs::metadata(base).and_then(|m| m.modified()).ok()
+    }
+
+    fn base_path(&self) -> Option<&Path> {
+        self.base.as_deref()
     }
 }
 

@@ -1,10 +1,11 @@
-//! The change pipeline: etcd events and template edits in; rendered, validated, atomically
-//! written configuration and HAProxy reloads out.
+//! The change pipeline: etcd events and template edits in; rendered, staged, validated,
+//! atomically written configuration, runtime updates and HAProxy reloads out.
 //!
 //! ```text
 //! etcd watch ─┐                     ┌─ render all templates (incremental catalog, no copy)
-//!             ├─► Input ─► debounce ┤  unchanged? stop.  changed? stage + `haproxy -c`
-//! notify ─────┘                     └─ rename over live files ─► reload (≥ min interval, retried)
+//!             ├─► Input ─► debounce ┤  unchanged? stop.  changed? stage (write + fsync)
+//! notify ─────┘                     ├─ runtime commands for server changes (route.rs)
+//!                                   └─ `haproxy -c` ─► rename ─► reload if still needed
 //! ```
 //!
 //! One task owns all state, so there is exactly one render and at most one reload in flight;
@@ -12,26 +13,34 @@
 //! I/O at the edges (validation, reload, the runtime API) sits behind the [`Validate`],
 //! [`Reload`] and [`RuntimeUpdate`] seams.
 //!
-//! With a runtime API ([`Pipeline::with_runtime`]), each apply first chooses its path
-//! ([`route::choose`]): a change that only adds, removes or re-weights servers of backends
-//! HAProxy already runs is sent as runtime commands and read back at once, then the candidate
-//! is validated and written as usual so that the next reload starts HAProxy in the same state;
-//! anything else — or a runtime command HAProxy refuses, or a read-back that differs, or a
-//! candidate `haproxy -c` refuses after all — ends in a reload of the files on disk, so
-//! HAProxy never stays diverged from them.
+//! With a runtime API ([`Pipeline::with_runtime`]), the pipeline keeps what HAProxy runs per
+//! output and plans each change against it, backend by backend ([`route::choose`]): server
+//! additions, removals and weights go out as runtime commands and are read back at once, even
+//! while a reload for another backend waits or fails; everything else waits for a reload. A
+//! runtime command HAProxy refuses, a read-back that differs, or a candidate `haproxy -c`
+//! refuses after all ends in a reload of the files on disk, so HAProxy never stays diverged
+//! from them. Failures are isolated: a file that cannot be written leaves HAProxy as it is
+//! (retried with backoff, never reverted by a reload); a reload HAProxy refuses at load time
+//! is not repeated for changes that need none ([`reload::Schedule`]); a stopped HAProxy
+//! fails a reload in milliseconds, so the files keep following etcd meanwhile.
 
 pub mod debounce;
+mod diagnose;
+mod reload;
 pub mod route;
+mod write;
 
 use crate::backoff::Backoff;
 use crate::catalog::Catalog;
 use crate::etcd::WatchEvent;
-use crate::haproxy::{CheckError, Reload, RuntimeUpdate, Validate};
-use crate::output::{read_live, Staged};
+use crate::haproxy::plan::Config;
+use crate::haproxy::{CheckError, Reload, ReloadError, RuntimeUpdate, Validate};
+use crate::output::read_live;
 use crate::render::Renderer;
 use debounce::Debounce;
-use route::Route;
-use std::path::PathBuf;
+use route::Routed;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -96,6 +105,18 @@ pub enum Applied {
     Rejected(String),
 }
 
+/// What HAProxy runs for one output, as far as the pipeline knows.
+#[derive(Debug, Clone)]
+enum Running {
+    /// Not known (why): at start, after a runtime update that failed, after a reload that
+    /// may or may not have happened. Changes to the output wait for a reload.
+    Unknown(&'static str),
+    /// Exactly the file on disk (after a reload); parsed when first needed.
+    Disk,
+    /// This configuration: the file as last reloaded, plus the runtime updates since.
+    Parsed(Arc<Config>),
+}
+
 /// The pipeline's state. `V` validates candidates, `R` reloads HAProxy.
 pub struct Pipeline<V, R> {
     pub catalog: Catalog,
@@ -107,17 +128,18 @@ pub struct Pipeline<V, R> {
     runtime: Option<Box<dyn RuntimeUpdate>>,
     timing: Timing,
     debounce: Debounce,
-    /// Content of each output as last written (or found at start).
-    live: Vec<Option<String>>,
-    /// `live`, parsed for the runtime path's planning (filled when first needed, then kept from
-    /// the parsed candidates).
-    live_parsed: Vec<Option<crate::haproxy::plan::Config>>,
+    /// Content of each output on disk, as last written (or found at start).
+    disk: Vec<Option<String>>,
+    /// What HAProxy runs, per output (used with a runtime API only).
+    running: Vec<Running>,
     /// The candidate set HAProxy last refused (with the base config's fingerprint then), so
     /// it is not re-checked unchanged.
     refused: Option<(Vec<Option<String>>, Option<std::time::SystemTime>)>,
     /// When to retry an apply that failed for a passing reason (I/O, a check that timed out).
     apply_retry_at: Option<Instant>,
     apply_retry: Backoff,
+    /// Consecutive applies that could not write the outputs (the first one is logged).
+    write_failures: u32,
     /// Render errors of the last apply (an output whose template failed keeps its live file).
     pub render_errors: Vec<String>,
     synced: bool,
@@ -125,10 +147,7 @@ pub struct Pipeline<V, R> {
     templates_touched: std::collections::BTreeSet<PathBuf>,
     /// Whether an apply has run yet (the first one reloads even when nothing changed).
     started: bool,
-    reload_pending: bool,
-    reload_at: Option<Instant>,
-    last_reload: Option<Instant>,
-    retry: Backoff,
+    reloads: reload::Schedule,
     pub stats: Stats,
 }
 
@@ -143,7 +162,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         reload_enabled: bool,
         timing: Timing,
     ) -> std::io::Result<Self> {
-        let live = renderer
+        let disk = renderer
             .specs()
             .iter()
             .map(|s| read_live(&s.output))
@@ -156,20 +175,18 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             reload_enabled,
             runtime: None,
             debounce: Debounce::new(timing.debounce, timing.debounce_max),
-            retry: Backoff::new(timing.retry_min, timing.retry_max),
             apply_retry: Backoff::new(timing.retry_min, timing.retry_max),
+            reloads: reload::Schedule::new(&timing),
             timing,
-            live_parsed: vec![None; live.len()],
-            live,
+            running: vec![Running::Unknown("first update since start"); disk.len()],
+            disk,
             refused: None,
             apply_retry_at: None,
+            write_failures: 0,
             render_errors: Vec::new(),
             synced: false,
             templates_touched: Default::default(),
             started: false,
-            reload_pending: false,
-            reload_at: None,
-            last_reload: None,
             stats: Stats::default(),
         })
     }
@@ -203,16 +220,22 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
     }
 
     /// Re-reads the templates touched on disk; a broken one keeps its last good version.
-    fn reload_templates(&mut self) {
+    /// Returns whether any template changed.
+    fn reload_templates(&mut self) -> bool {
+        let mut changed = false;
         for path in std::mem::take(&mut self.templates_touched) {
             match self.renderer.reload(&path) {
-                Ok(true) => tracing::info!(template = %path.display(), "template changed on disk"),
+                Ok(true) => {
+                    changed = true;
+                    tracing::info!(template = %path.display(), "template changed on disk")
+                }
                 Ok(false) => {}
                 Err(e) => {
                     tracing::error!(template = %path.display(), error = %e, "template rejected; the last good version stays in use")
                 }
             }
         }
+        changed
     }
 
     /// When the pending changes should be rendered: debounced and, while reloads are rate
@@ -229,25 +252,27 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             (Some(d), Some(r)) => d.min(r),
             (d, r) => d.or(r)?,
         };
-        // Without a runtime API every apply reloads; with one, only a pending reload is worth
-        // coalescing into (a server change goes through at once).
-        let holds_back = self.runtime.is_none() || self.reload_pending;
+        // Without a runtime API every apply reloads: hold it for the reload interval. With
+        // one, a server change goes through at once, even while a reload waits.
         Some(
-            match (self.reload_enabled && holds_back, self.last_reload) {
+            match (
+                self.reload_enabled && self.runtime.is_none(),
+                self.reloads.last(),
+            ) {
                 (true, Some(last)) => due.max(last + self.timing.min_reload_interval),
                 _ => due,
             },
         )
     }
 
-    /// Whether the next apply may take the runtime path (see [`route`](Self::route)).
+    /// Whether changes may take the runtime path at all.
     fn runtime_ready(&self) -> bool {
-        self.runtime.is_some() && self.reload_enabled && self.started && !self.reload_pending
+        self.runtime.is_some() && self.reload_enabled && self.started
     }
 
     /// When the next piece of work is due, if any.
     pub fn next_due(&self) -> Option<Instant> {
-        let reload = self.reload_at.filter(|_| self.reload_pending);
+        let reload = self.reloads.due();
         match (self.apply_due(), reload) {
             (Some(a), Some(r)) => Some(a.min(r)),
             (a, r) => a.or(r),
@@ -261,18 +286,28 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             self.apply_retry_at = None;
             self.apply().await;
         }
-        if self.reload_pending && self.reload_at.is_some_and(|t| t <= Instant::now()) {
+        if self.reloads.due().is_some_and(|t| t <= Instant::now()) {
             self.reload().await;
         }
     }
 
-    /// Renders every template and, if any output changed, validates and writes the set.
+    /// Renders every template and, if any output changed, stages, routes, validates and
+    /// writes the set.
+    ///
+    /// The order keeps one invariant: **HAProxy never routes by anything the files on disk
+    /// will not hold.** The changed outputs are staged (written and fsynced beside the live
+    /// files) before any runtime command goes out, so a full disk or a read-only folder stops
+    /// the apply before HAProxy changes; the runtime commands come next (HAProxy routes the new
+    /// way before `haproxy -c` ends); a candidate `haproxy -c` refuses after all makes HAProxy
+    /// reload the files on disk; a reload only ever loads files completely written.
     pub async fn apply(&mut self) -> Applied {
         if !self.synced {
             return Applied::NotSynced;
         }
         self.stats.applies += 1;
-        self.reload_templates();
+        if self.reload_templates() {
+            self.reloads.operator_changed("a template changed");
+        }
         let started = Instant::now();
         let rendered = self.renderer.render_all(&mut self.catalog);
         let render_time = started.elapsed();
@@ -284,12 +319,12 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                 Err(e) => {
                     tracing::error!(error = %e, output = %self.renderer.specs()[i].output.display(), "render failed; keeping the live file");
                     self.render_errors.push(e.0);
-                    candidates.push(self.live[i].clone());
+                    candidates.push(self.disk[i].clone());
                 }
             }
         }
         let changed: Vec<usize> = (0..candidates.len())
-            .filter(|&i| candidates[i].is_some() && candidates[i] != self.live[i])
+            .filter(|&i| candidates[i].is_some() && candidates[i] != self.disk[i])
             .collect();
         let first = !self.started;
         self.started = true;
@@ -299,7 +334,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                 // The files may be newer than what HAProxy runs (a previous watcher stopped
                 // between writing and reloading): reload once at start to be sure.
                 tracing::info!("outputs already up to date; reloading once at start");
-                self.schedule_reload();
+                self.schedule_reload("first update since start");
             }
             return if self.render_errors.is_empty() {
                 Applied::Unchanged
@@ -308,6 +343,10 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             };
         }
         let base = self.validator.as_ref().and_then(|v| v.base_fingerprint());
+        if self.reloads.base_changed(base) {
+            self.reloads
+                .operator_changed("the base configuration changed");
+        }
         if self
             .refused
             .as_ref()
@@ -315,35 +354,44 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         {
             return Applied::Rejected("candidate unchanged since haproxy -c refused it".into());
         }
+        // 1. Stage: nothing reaches HAProxy before the new files are safely beside the live
+        //    ones.
+        let staged = match write::stage(self.renderer.specs(), &candidates, &changed) {
+            Ok(staged) => staged,
+            Err(e) => return self.write_failed(e),
+        };
+        // 2. Route, and send what the runtime API can apply now.
         let route_started = Instant::now();
-        let (route, mut parsed) = self.route(&candidates, &changed, first);
+        let routed = self.route(&candidates, &changed);
         let route_time = route_started.elapsed();
-        // The fast path goes first: HAProxy routes by the new servers before `haproxy -c` ends.
-        let runtime_outcome = match (&route, &self.runtime) {
-            (Route::Runtime { ops, expected }, Some(rt)) if !ops.is_empty() => {
-                let result = rt.apply(ops, expected).await;
+        let runtime_outcome = match (&routed, &self.runtime) {
+            (Some(r), Some(rt)) if !r.ops.is_empty() => {
+                let result = rt.apply(&r.ops, &r.expected).await;
                 tracing::debug!(?render_time, ?route_time, runtime_done = ?started.elapsed(), "runtime update sent");
                 Some(result)
             }
             _ => None,
         };
-        let (written, result) = self.validate_and_write(&candidates, &changed).await;
+        let (path, reason, reload_why) = self.path_taken(&routed, &runtime_outcome);
+        // 3. Validate the staged set and rename it over the live files.
+        let (written, result) = write::validate_and_commit(
+            self.renderer.specs(),
+            self.validator.as_ref(),
+            &self.disk,
+            staged,
+        )
+        .await;
         for &i in &written {
-            self.live[i] = candidates[i].take();
-            self.live_parsed[i] = parsed
-                .iter()
-                .position(|(j, _)| *j == i)
-                .map(|at| parsed.swap_remove(at).1);
+            self.disk[i] = candidates[i].take();
         }
-        let (path, reason) = self.path_taken(&route, &runtime_outcome);
-        let reload = match path {
-            Path::Reload => !written.is_empty() || runtime_outcome.is_some(),
-            // Applied at runtime but not written: reload the files so HAProxy matches them.
-            Path::Runtime => result.is_err(),
-            Path::Unseen => false,
-        };
-        if reload && self.reload_enabled {
-            self.schedule_reload();
+        let sent_ok = matches!(runtime_outcome, Some(Ok(_)));
+        match &result {
+            Err(CheckError::Refused(_)) if sent_ok => {
+                // HAProxy has servers the files will not hold: reload the files.
+                self.forget_running(&changed, "haproxy -c refused what the runtime API applied");
+                self.schedule_reload("haproxy -c refused a candidate already applied at runtime");
+            }
+            _ => {}
         }
         match result {
             Ok(()) => {
@@ -353,8 +401,11 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                     .collect();
                 self.refused = None;
                 self.apply_retry.reset();
+                self.writable_again();
                 self.stats.writes += 1;
-                if path == Path::Runtime {
+                if let Some(why) = &reload_why {
+                    self.schedule_reload(why);
+                } else if path == Path::Runtime {
                     self.stats.runtime_applies += 1;
                 }
                 tracing::info!(
@@ -376,169 +427,184 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                 Applied::Rejected(e)
             }
             Err(CheckError::Transient(e)) => {
-                let delay = self.apply_retry.next_delay();
-                self.apply_retry_at = Some(Instant::now() + delay);
-                tracing::error!(error = %e, retry_in = ?delay, "could not apply the new configuration; will retry");
-                Applied::Rejected(e)
+                if let Some(why) = reload_why {
+                    if matches!(runtime_outcome, Some(Err(_))) {
+                        // HAProxy's state is unknown: bring it back to the files on disk.
+                        self.schedule_reload(&why);
+                    } else {
+                        // Retried with the write: a reload now would load files that lack
+                        // the change, and HAProxy stays as it is meanwhile.
+                        tracing::debug!(%why, "reload deferred until the outputs are written");
+                    }
+                }
+                self.write_failed(e)
             }
         }
     }
 
-    /// The path this apply takes (see [`route::choose`]); always a reload without a runtime API,
-    /// at the first apply, and while a reload is pending anyway (HAProxy does not run the live
-    /// files yet, so they are no base to compare with).
-    fn route(
-        &mut self,
-        candidates: &[Option<String>],
-        changed: &[usize],
-        first: bool,
-    ) -> (Route, Vec<(usize, crate::haproxy::plan::Config)>) {
-        let why_not = if self.runtime.is_none() || !self.reload_enabled {
-            Some("no --runtime-socket")
-        } else if first {
-            Some("first update since start")
-        } else if self.reload_pending {
-            Some("a reload is pending")
+    /// The outputs could not be staged or written: HAProxy is left as it is, the apply is
+    /// retried with backoff, and only the first failure in a row is logged as an error.
+    fn write_failed(&mut self, e: String) -> Applied {
+        let delay = self.apply_retry.next_delay();
+        self.apply_retry_at = Some(Instant::now() + delay);
+        self.write_failures += 1;
+        if self.write_failures == 1 {
+            tracing::error!(error = %e, retry_in = ?delay, "could not write the new configuration; HAProxy keeps its current one, retrying with backoff");
         } else {
-            None
-        };
-        if let Some(why) = why_not {
-            return (Route::Reload(why.into()), Vec::new());
+            tracing::debug!(error = %e, attempts = self.write_failures, retry_in = ?delay, "still cannot write the new configuration");
         }
-        self.parse_live(changed.iter().copied());
-        let specs = self.renderer.specs();
-        route::choose(&self.live_parsed, candidates, changed, |i| {
-            format!("--output {}", specs[i].output.display())
-        })
+        Applied::Rejected(e)
     }
 
-    /// The path an apply took and why, from its route and the runtime update's outcome.
+    fn writable_again(&mut self) {
+        if self.write_failures > 0 {
+            tracing::info!(
+                failed_attempts = self.write_failures,
+                "outputs written again"
+            );
+            self.write_failures = 0;
+        }
+    }
+
+    /// Plans the changed outputs against what HAProxy runs (see [`route::choose`]); `None`
+    /// without a runtime API (every written change reloads).
+    fn route(&mut self, candidates: &[Option<String>], changed: &[usize]) -> Option<Routed> {
+        if self.runtime.is_none() || !self.reload_enabled {
+            return None;
+        }
+        let parsed: Vec<(usize, Arc<Config>)> = changed
+            .iter()
+            .map(|&i| {
+                let text = candidates[i].as_deref().unwrap_or_default();
+                (i, Arc::new(crate::haproxy::plan::parse(text)))
+            })
+            .collect();
+        let running: Vec<Result<Arc<Config>, String>> = (0..self.running.len())
+            .map(|i| {
+                if !changed.contains(&i) {
+                    return Err(String::new());
+                }
+                self.running_config(i)
+            })
+            .collect();
+        let specs = self.renderer.specs();
+        Some(route::choose(&running, &parsed, |i| {
+            format!("--output {}", specs[i].output.display())
+        }))
+    }
+
+    /// What HAProxy runs for output `i`, parsing the file on disk if that is what it runs.
+    fn running_config(&mut self, i: usize) -> Result<Arc<Config>, String> {
+        match &self.running[i] {
+            Running::Unknown(why) => Err(why.to_string()),
+            Running::Parsed(c) => Ok(c.clone()),
+            Running::Disk => match self.disk[i].as_deref() {
+                Some(text) => {
+                    let c = Arc::new(crate::haproxy::plan::parse(text));
+                    self.running[i] = Running::Parsed(c.clone());
+                    Ok(c)
+                }
+                None => Err("a new output file".to_string()),
+            },
+        }
+    }
+
+    fn forget_running(&mut self, which: &[usize], why: &'static str) {
+        for &i in which {
+            self.running[i] = Running::Unknown(why);
+        }
+    }
+
+    /// The path an apply took and why, from its route and the runtime update's outcome, and
+    /// what the reload it needs is for; keeps what HAProxy runs up to date.
     fn path_taken(
         &mut self,
-        route: &Route,
+        routed: &Option<Routed>,
         runtime_outcome: &Option<Result<String, String>>,
-    ) -> (Path, String) {
-        match (route, runtime_outcome) {
-            (Route::Reload(reason), _) => (Path::Reload, reason.clone()),
-            (Route::Runtime { ops, .. }, Some(Ok(detail))) => {
-                (Path::Runtime, format!("{}; {detail}", describe(ops)))
-            }
-            (Route::Runtime { ops, .. }, Some(Err(e))) => {
+    ) -> (Path, String, Option<String>) {
+        let Some(routed) = routed else {
+            let why = "no --runtime-socket".to_string();
+            return (Path::Reload, why.clone(), Some(why));
+        };
+        match runtime_outcome {
+            Some(Err(e)) => {
                 self.stats.runtime_fallbacks += 1;
-                tracing::warn!(error = %e, ops = %describe(ops), "runtime update failed; falling back to a reload");
-                let reason = format!("fallback: the runtime update failed: {e}");
-                (Path::Reload, reason)
+                tracing::warn!(error = %e, ops = %describe(&routed.ops), "runtime update failed; falling back to a reload");
+                let changed: Vec<usize> = routed.after.iter().map(|(i, _)| *i).collect();
+                self.forget_running(&changed, "a runtime update failed");
+                let why = format!("fallback: the runtime update failed: {e}");
+                (Path::Reload, why.clone(), Some(why))
             }
-            (Route::Runtime { ops, .. }, None) if ops.is_empty() => (
-                Path::Unseen,
-                "the outputs changed in ways HAProxy does not see".into(),
-            ),
-            (Route::Runtime { .. }, None) => (Path::Reload, "no runtime API".into()),
-        }
-    }
-
-    /// Parses the live outputs `which` that are not parsed yet.
-    fn parse_live(&mut self, which: impl IntoIterator<Item = usize>) {
-        for i in which {
-            if self.live_parsed[i].is_none() {
-                self.live_parsed[i] = self.live[i].as_deref().map(crate::haproxy::plan::parse);
-            }
-        }
-    }
-
-    /// Stages the changed outputs, validates the whole set, then renames each over its live
-    /// file. Returns the outputs replaced (some, if a rename failed midway) and the outcome.
-    async fn validate_and_write(
-        &self,
-        candidates: &[Option<String>],
-        changed: &[usize],
-    ) -> (Vec<usize>, Result<(), CheckError>) {
-        let specs = self.renderer.specs();
-        let mut staged = Vec::with_capacity(changed.len());
-        for &i in changed {
-            let out = &specs[i].output;
-            let text = candidates[i].as_deref().unwrap_or_default();
-            match Staged::write(out, text) {
-                Ok(s) => staged.push((i, s)),
-                Err(e) => {
-                    let msg = format!("--output {}: cannot write a candidate: {e}", out.display());
-                    return (Vec::new(), Err(CheckError::Transient(msg)));
+            outcome => {
+                for (i, after) in &routed.after {
+                    self.running[*i] = Running::Parsed(after.clone());
+                }
+                let detail = match outcome {
+                    Some(Ok(detail)) => format!("{}; {detail}", describe(&routed.ops)),
+                    _ => String::new(),
+                };
+                match (&routed.reload, detail.is_empty()) {
+                    (Some(why), true) => (Path::Reload, why.clone(), Some(why.clone())),
+                    (Some(why), false) => (
+                        Path::Reload,
+                        format!("{why}; meanwhile applied at runtime: {detail}"),
+                        Some(why.clone()),
+                    ),
+                    (None, false) => (Path::Runtime, detail, None),
+                    (None, true) => (
+                        Path::Unseen,
+                        "the outputs changed in ways HAProxy does not see".into(),
+                        None,
+                    ),
                 }
             }
         }
-        if let Some(v) = &self.validator {
-            let files: Vec<PathBuf> = (0..specs.len())
-                .filter_map(|i| match staged.iter().find(|(j, _)| *j == i) {
-                    Some((_, s)) => Some(s.path().to_path_buf()),
-                    None if self.live[i].is_some() => Some(specs[i].output.clone()),
-                    None => None,
-                })
-                .collect();
-            if let Err(e) = v.validate(&files).await {
-                // Name the output and template instead of the temporary file, which is gone.
-                let name = |msg: String| {
-                    staged.iter().fold(msg, |m, (i, s)| {
-                        m.replace(
-                            &s.path().display().to_string(),
-                            &format!(
-                                "{} (candidate from {})",
-                                specs[*i].output.display(),
-                                specs[*i].name()
-                            ),
-                        )
-                    })
-                };
-                let e = match e {
-                    CheckError::Refused(m) => CheckError::Refused(name(m)),
-                    CheckError::Transient(m) => CheckError::Transient(name(m)),
-                };
-                return (Vec::new(), Err(e));
-            }
-        }
-        let mut written = Vec::with_capacity(staged.len());
-        for (i, s) in staged {
-            if let Err(e) = s.commit() {
-                let msg = format!(
-                    "--output {}: cannot replace: {e}",
-                    specs[i].output.display()
-                );
-                return (written, Err(CheckError::Transient(msg)));
-            }
-            written.push(i);
-        }
-        (written, Ok(()))
     }
 
-    /// Marks a reload as wanted, as soon as the minimum interval allows (a pending retry keeps
-    /// its backoff).
-    fn schedule_reload(&mut self) {
-        self.reload_pending = true;
-        if self.reload_at.is_none() {
-            let earliest = self
-                .last_reload
-                .map_or(Instant::now(), |t| t + self.timing.min_reload_interval);
-            self.reload_at = Some(earliest);
+    /// Marks a reload as wanted (see [`reload::Schedule`]).
+    fn schedule_reload(&mut self, why: &str) {
+        if self.reload_enabled {
+            self.reloads.want(why);
         }
     }
 
-    /// Reloads HAProxy; on failure schedules a retry with backoff.
+    /// Reloads HAProxy; on failure schedules a retry as the kind of failure calls for.
     pub async fn reload(&mut self) -> bool {
         let started = Instant::now();
-        if self.runtime.is_some() {
-            self.parse_live(0..self.live.len());
-        }
+        // The files HAProxy is about to load. With a runtime API they are parsed: the server
+        // state is saved against them, and they are what HAProxy runs afterwards.
+        let loading: Vec<Option<Arc<Config>>> = match &self.runtime {
+            Some(_) => self
+                .disk
+                .iter()
+                .map(|d| {
+                    d.as_deref()
+                        .map(|t| Arc::new(crate::haproxy::plan::parse(t)))
+                })
+                .collect(),
+            None => vec![None; self.disk.len()],
+        };
         if let Some(rt) = &self.runtime {
-            let configs: Vec<&_> = self.live_parsed.iter().flatten().collect();
-            rt.before_reload(&configs).await;
+            let refs: Vec<&Config> = loading.iter().flatten().map(|c| c.as_ref()).collect();
+            rt.before_reload(&refs).await;
         }
-        let result = self.reloader.reload().await;
-        self.last_reload = Some(Instant::now());
-        match result {
+        let base = self
+            .validator
+            .as_ref()
+            .and_then(|v| v.base_path())
+            .map(FsPath::to_path_buf);
+        let binds = diagnose::binds_of(base.as_deref(), &self.disk);
+        match self.reloader.reload().await {
             Ok(detail) => {
                 self.stats.reloads += 1;
-                self.reload_pending = false;
-                self.reload_at = None;
-                self.retry.reset();
+                for (i, config) in loading.into_iter().enumerate() {
+                    self.running[i] = match (config, &self.disk[i]) {
+                        (Some(c), _) => Running::Parsed(c),
+                        (None, Some(_)) => Running::Disk,
+                        (None, None) => Running::Unknown("a new output file"),
+                    };
+                }
+                self.reloads.succeeded(binds);
                 if let Some(rt) = &self.runtime {
                     rt.after_reload();
                 }
@@ -547,10 +613,14 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             }
             Err(e) => {
                 self.stats.reload_failures += 1;
-                // Each retry is a real reload for HAProxy: never faster than the interval.
-                let delay = self.retry.next_delay().max(self.timing.min_reload_interval);
-                self.reload_at = Some(Instant::now() + delay);
-                tracing::error!(error = %e, retry_in = ?delay, "HAProxy reload failed; will retry");
+                if !matches!(e, ReloadError::Refused(_)) {
+                    // HAProxy is down, or may have loaded the files or not: only a reload
+                    // that works makes what it runs known again. (A refused reload leaves the
+                    // previous worker serving what it ran.)
+                    let all: Vec<usize> = (0..self.running.len()).collect();
+                    self.forget_running(&all, "the last reload did not complete");
+                }
+                self.reloads.failed(e, &binds);
                 false
             }
         }
@@ -558,7 +628,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
 
     /// Whether a reload is waiting (written but not yet loaded by HAProxy).
     pub fn reload_pending(&self) -> bool {
-        self.reload_pending
+        self.reloads.pending()
     }
 
     /// Runs until `rx` closes or `shutdown` resolves.

@@ -51,12 +51,12 @@ pub(super) struct FakeReloader {
 }
 
 impl Reload for FakeReloader {
-    async fn reload(&self) -> Result<String, String> {
+    async fn reload(&self) -> Result<String, ReloadError> {
         *self.attempts.lock().unwrap() += 1;
         let mut fail = self.fail.lock().unwrap();
         if *fail > 0 {
             *fail -= 1;
-            return Err("connection refused".into());
+            return Err(ReloadError::Failed("no new worker".into()));
         }
         Ok("ok".into())
     }

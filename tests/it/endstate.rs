@@ -8,6 +8,8 @@
 //! line parser of its own, HAProxy through its admin socket. [`converged`] polls until the
 //! three agree, then holds them equal over a window, and returns how long agreement took.
 
+#![allow(dead_code)]
+
 use crate::harness::World;
 use dockreg::endpoint::parse_value;
 use dockreg::haproxy::runtime::ServerState;

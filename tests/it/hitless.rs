@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The watcher with the runtime fast path on.
-fn hitless_watcher(w: &World, extra: &[&str]) -> Watcher {
+pub fn hitless_watcher(w: &World, extra: &[&str]) -> Watcher {
     let admin = w.haproxy.admin_socket.display().to_string();
     let state = w.path().join("server-state").display().to_string();
     let mut args = vec!["--runtime-socket", &admin, "--server-state-file", &state];
@@ -16,7 +16,7 @@ fn hitless_watcher(w: &World, extra: &[&str]) -> Watcher {
 }
 
 /// A copy of the shipped default template in the test folder, to edit, and its text.
-fn editable_template(w: &World) -> (PathBuf, String) {
+pub fn editable_template(w: &World) -> (PathBuf, String) {
     let template = w.path().join("backends.cfg.tera");
     let shipped = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/haproxy-backends.cfg.tera"),
@@ -61,7 +61,7 @@ async fn slow_requests(
 }
 
 /// How many applies the watcher logged as taking `path`.
-fn applies(watcher: &Watcher, path: &str) -> usize {
+pub fn applies(watcher: &Watcher, path: &str) -> usize {
     watcher
         .log_text()
         .lines()

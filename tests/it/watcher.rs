@@ -1,9 +1,15 @@
 //! End-to-end tests of `dockreg-haproxy` against a real etcd and a real HAProxy, asserted
 //! through real requests: exactly the registered backends must answer.
 
+use crate::endstate::converged;
 use crate::harness::*;
 use etcd_client::PutOptions;
 use std::time::Duration;
+
+/// etcd, the rendered file and HAProxy agree on `/service` within 15 s.
+async fn settled(w: &World) {
+    converged(w, &["/service"], Duration::from_secs(15)).await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_and_delete_route_exactly_the_registered_backends() {
@@ -20,13 +26,16 @@ async fn put_and_delete_route_exactly_the_registered_backends() {
     .await;
     w.put(&b.key(2), "running").await;
     assert_routes_exactly(w.haproxy.http, &b.addrs).await;
+    settled(&w).await; // weight 10 included
 
     w.del(&b.key(0)).await;
     assert_routes_exactly(w.haproxy.http, &b.addrs[1..]).await;
+    settled(&w).await;
 
     w.del(&b.key(1)).await;
     w.del(&b.key(2)).await;
     assert_routes_exactly(w.haproxy.http, &[]).await;
+    settled(&w).await;
     let proc = w.haproxy.show_proc().await;
     assert_eq!(proc.failed, 0, "no reload may fail");
 }
@@ -50,6 +59,7 @@ async fn lease_expiry_removes_the_backend() {
     // No keep-alive: etcd expires the lease and deletes the key on its own.
     assert_routes_exactly(w.haproxy.http, &b.addrs[..1]).await;
     assert!(w.client.get(b.key(1), None).await.unwrap().kvs().is_empty());
+    settled(&w).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,28 +308,33 @@ async fn candidate_rejected_by_haproxy_keeps_live_config_and_no_reload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_render_causes_no_write_and_no_reload() {
     let mut w = World::new().await;
-    let b = Backends::start(1).await;
+    let b = Backends::start(2).await;
     w.put(&b.key(0), "running").await;
     let watcher = w.watcher(&[]);
-    assert_routes_exactly(w.haproxy.http, &b.addrs).await;
+    assert_routes_exactly(w.haproxy.http, &b.addrs[..1]).await;
     watcher.wait_log("HAProxy reloaded").await;
     let before = w.haproxy.show_proc().await;
-    let mtime = std::fs::metadata(&w.haproxy.output)
-        .unwrap()
-        .modified()
-        .unwrap();
+    let updates = |w: &Watcher| w.log_text().matches("configuration updated").count();
+    let updated = updates(&watcher);
     // Same value again, a key outside the layout, a value rewrite with the same meaning.
     w.put(&b.key(0), "running").await;
     w.put("/service/not-an-endpoint", "running").await;
     w.put(&b.key(0), r#"{"weight":100}"#).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(w.haproxy.show_proc().await.reloads, before.reloads);
+    // Beyond the debounce, so the sentinel below is an apply of its own.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Sentinel: once it is served, every change before it was handled.
+    w.put(&b.key(1), "running").await;
+    settled(&w).await;
     assert_eq!(
-        std::fs::metadata(&w.haproxy.output)
-            .unwrap()
-            .modified()
-            .unwrap(),
-        mtime
+        updates(&watcher),
+        updated + 1,
+        "only the sentinel wrote the file:\n{}",
+        watcher.log_text()
+    );
+    assert_eq!(
+        w.haproxy.show_proc().await.reloads,
+        before.reloads + 1,
+        "only the sentinel reloaded"
     );
     assert_eq!(watcher.stop().code(), Some(0), "SIGTERM exits 0");
 }

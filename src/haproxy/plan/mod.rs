@@ -72,6 +72,10 @@
 //! `show servers conn`) within a bounded time is the wait — and only then sends the second.
 //! No `shutdown sessions server` is issued: if the server does not drain in time, reload.
 
+mod partial;
+
+pub use partial::{plan_partial, Partial};
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
