@@ -218,6 +218,72 @@ impl Etcd {
         self.spawn();
         self.wait_ready().await;
     }
+
+    /// Kills etcd, deletes its data and starts an empty one on the same ports (same name and
+    /// peer URLs, so the same cluster id).
+    pub async fn wipe_and_restart(&mut self) {
+        self.kill();
+        remove_dir(&self.data);
+        self.spawn();
+        self.wait_ready().await;
+    }
+
+    /// `etcdctl snapshot save <path>` of this member.
+    pub fn snapshot_save(&self, path: &Path) {
+        etcdctl(
+            Command::new("etcdctl")
+                .arg("--endpoints")
+                .arg(self.url())
+                .arg("snapshot")
+                .arg("save")
+                .arg(path),
+        );
+    }
+
+    /// Kills etcd, replaces its data with `snapshot` (`etcdctl snapshot restore` with the same
+    /// name, cluster and peer URL) and starts it again on the same ports.
+    pub async fn restore_from(&mut self, snapshot: &Path) {
+        self.kill();
+        remove_dir(&self.data);
+        etcdctl(
+            Command::new("etcdctl")
+                .arg("snapshot")
+                .arg("restore")
+                .arg(snapshot)
+                .arg("--data-dir")
+                .arg(&self.data)
+                .arg("--name")
+                .arg(&self.name)
+                .arg("--initial-cluster")
+                .arg(&self.cluster)
+                .arg("--initial-advertise-peer-urls")
+                .arg(format!("http://127.0.0.1:{}", self.peer_port)),
+        );
+        self.spawn();
+        self.wait_ready().await;
+    }
+}
+
+fn remove_dir(dir: &Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("removing etcd data {}: {e}", dir.display()),
+    }
+}
+
+/// Runs an `etcdctl` command (API v3) and panics with its output if it fails.
+fn etcdctl(cmd: &mut Command) {
+    let out = cmd
+        .env("ETCDCTL_API", "3")
+        .output()
+        .expect("etcdctl not found: install etcd-client (tests/run.sh does)");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Drop for Etcd {

@@ -3,6 +3,7 @@
 
 mod docker;
 mod endstate;
+mod faults_etcd;
 mod faults_watcher;
 mod harness;
 mod hitless;
