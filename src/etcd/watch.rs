@@ -86,7 +86,7 @@ pub async fn watch_services(
                 new_cluster_id = %hex(Some(new.cluster_id)),
                 old_revision = old.revision(),
                 new_revision = new.revision,
-                "the etcd store is not the one listed before ({why}); re-listing every service prefix at its revision"
+                "the etcd store is not the one listed before: {why}; re-listing every service prefix at its revision"
             ),
             Some(Restart::TaskFailed) => {}
             None => return,

@@ -16,6 +16,13 @@ const BOUND: Duration = Duration::from_secs(45);
 /// What the watcher logs when it finds the store is another one.
 const STORE_CHANGED: &str = "the etcd store is not the one listed before";
 
+/// The watcher's warning about the store, for the test output.
+fn warning(log: &str) -> &str {
+    log.lines()
+        .find(|l| l.contains(STORE_CHANGED))
+        .unwrap_or_default()
+}
+
 fn holds_exactly(want: &[SocketAddr]) -> impl Fn(&Views) -> bool {
     let want: BTreeSet<SocketAddr> = want.iter().copied().collect();
     move |v| etcd_addrs(v, "service") == want
@@ -65,6 +72,7 @@ async fn etcd_wiped_and_recreated_converges_to_the_new_store() {
         1,
         "one warning for one wipe; watcher log:\n{log}"
     );
+    eprintln!("{}", warning(&log));
     assert_routes_exactly(w.haproxy.http, &b.addrs[2..]).await;
 }
 
@@ -104,6 +112,7 @@ async fn etcd_restored_from_an_older_snapshot_converges_to_it() {
         1,
         "one warning for one restore; watcher log:\n{log}"
     );
+    eprintln!("{}", warning(&log));
     assert!(
         log.contains(&format!("old_revision={old_revision}"))
             && log.contains(&format!("new_revision={snapshot_revision}")),
