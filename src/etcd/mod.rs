@@ -2,6 +2,7 @@
 //! watcher's consistent list-then-watch loop, which notices when the store it watches was
 //! wiped or restored and lists everything again.
 
+mod check;
 mod connect;
 mod identity;
 mod list;

@@ -13,14 +13,15 @@
 //! snapshot, one warning is logged, every prefix is listed again at the new store's revision
 //! (one [`WatchEvent::Snapshot`] that replaces everything known) and watched from there.
 
-use super::identity::{Observation, Stamp, StoreIdentity, Why};
+use super::check::{Checker, Restart};
+use super::identity::StoreIdentity;
 use super::list::list_stamped;
 use super::stream::{PrefixWatch, Shared};
 use crate::backoff::Backoff;
 use crate::etcd::EtcdArgs;
 use crate::keys::ServicePrefix;
-use anyhow::{anyhow, Context as _, Result};
-use etcd_client::{Client, GetOptions};
+use anyhow::anyhow;
+use etcd_client::Client;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -98,18 +99,6 @@ fn hex(cluster_id: Option<u64>) -> String {
     cluster_id.map(|c| format!("{c:#x}")).unwrap_or_default()
 }
 
-/// Why the watches start over from a new listing.
-enum Restart {
-    /// The store is not the one listed: `old` is what was known of it, `new` what answers.
-    Store {
-        why: Why,
-        old: StoreIdentity,
-        new: Stamp,
-    },
-    /// A watch task panicked (logged).
-    TaskFailed,
-}
-
 /// Connects and lists every prefix, retrying with backoff until it works.
 async fn connect_and_list(
     args: &EtcdArgs,
@@ -164,7 +153,12 @@ async fn supervise(
         };
         tasks.spawn(watch.run(revision));
     }
-    let probe_key = all.first().map(|(_, p)| p.watch_key()).unwrap_or_default();
+    let mut checker = Checker::new(
+        client.clone(),
+        all.first().map(|(_, p)| p.watch_key()).unwrap_or_default(),
+        args.etcd_timeout,
+        shared.identity.clone(),
+    );
     let mut ticks =
         tokio::time::interval_at(tokio::time::Instant::now() + CHECK_EVERY, CHECK_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -180,12 +174,12 @@ async fn supervise(
             },
             Some(why) = suspicions.recv() => {
                 tracing::debug!(why = %why, "a watch saw a header that does not fit the store; checking");
-                if let Some(restart) = check(&client, &probe_key, args.etcd_timeout, &shared).await {
+                if let Some(restart) = checker.check().await {
                     break restart;
                 }
             }
             _ = ticks.tick() => {
-                if let Some(restart) = check(&client, &probe_key, args.etcd_timeout, &shared).await {
+                if let Some(restart) = checker.check().await {
                     break restart;
                 }
             }
@@ -193,36 +187,4 @@ async fn supervise(
     };
     tasks.shutdown().await;
     Some(changed)
-}
-
-/// Reads the store's identity with a linearizable count-only read (it reflects every write
-/// any watch can have seen, so a lagging member does not pass for a rolled-back store) and
-/// returns why the store changed, if it did. A failed read changes nothing: the watches
-/// notice an unreachable etcd themselves.
-async fn check(client: &Client, key: &str, timeout: Duration, shared: &Shared) -> Option<Restart> {
-    match read_stamp(client, key, timeout).await {
-        Ok(new) => {
-            let mut identity = shared.identity.lock().unwrap_or_else(|p| p.into_inner());
-            let old = *identity;
-            match identity.observe_stamp(new) {
-                Observation::Same => None,
-                Observation::Changed { why } => Some(Restart::Store { why, old, new }),
-            }
-        }
-        Err(e) => {
-            tracing::debug!(error = %format!("{e:#}"), "etcd identity check failed");
-            None
-        }
-    }
-}
-
-async fn read_stamp(client: &Client, key: &str, timeout: Duration) -> Result<Stamp> {
-    let opts = GetOptions::new().with_prefix().with_count_only();
-    let resp = tokio::time::timeout(timeout, client.kv_client().get(key, Some(opts)))
-        .await
-        .map_err(|_| anyhow!("no answer within {timeout:?}"))?
-        .with_context(|| format!("count-only read of \"{key}\""))?;
-    resp.header()
-        .map(Stamp::of)
-        .ok_or_else(|| anyhow!("etcd answered without a header"))
 }
