@@ -437,6 +437,32 @@ mod tests {
     }
 
     #[test]
+    fn a_full_snapshot_replaces_every_service_and_drops_missing_keys() {
+        // What the watcher sends after etcd was wiped or restored: every service, as listed.
+        let mut c = cat();
+        c.put(0, b"/service/10.0.0.1:80", b"running");
+        c.put(0, b"/service/10.0.0.2:80", b"running");
+        c.put(1, b"/web/10.0.0.9:80", b"running");
+        let snapshot = WatchEvent::Snapshot {
+            revision: 2,
+            services: vec![
+                (
+                    0,
+                    vec![(b"/service/10.0.0.3:80".to_vec(), b"running".to_vec())],
+                ),
+                (1, vec![]),
+            ],
+        };
+        assert!(c.apply(snapshot.clone()));
+        assert_eq!(names(&c, 0), ["10.0.0.3_80"]);
+        assert!(names(&c, 1).is_empty());
+        assert!(
+            !c.apply(snapshot),
+            "the same snapshot again changes nothing"
+        );
+    }
+
+    #[test]
     fn duplicate_service_names_are_refused() {
         let err = Catalog::new(vec![
             ServicePrefix::parse("/a/web").unwrap(),
