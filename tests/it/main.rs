@@ -6,5 +6,6 @@ mod endstate;
 mod faults_watcher;
 mod harness;
 mod hitless;
+mod promises;
 mod sidekick;
 mod watcher;
