@@ -427,3 +427,32 @@ async fn a_reload_during_a_drain_keeps_the_request_and_the_fast_path() {
     );
     assert_eq!(w.haproxy.show_proc().await.failed, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_comes_back_while_it_drains_is_put_back_in_service() {
+    let mut w = World::new().await;
+    let b = Backends::start(2).await;
+    w.put(&b.key(0), "running").await;
+    w.put(&b.key(1), "running").await;
+    let watcher = hitless_watcher(&w, &[]);
+    crate::endstate::converged(&w, &["/service"], Duration::from_secs(15)).await;
+    let reloads = w.haproxy.show_proc().await.reloads;
+    // Backend 1 holds a request, leaves (drains), and comes back before the request ends.
+    let slow = slow_requests(&w, &b, 3000, 2).await;
+    w.del(&b.key(1)).await;
+    wait_servers(&w, &b.addrs[..1], &b.addrs[1..]).await;
+    w.put(&b.key(1), "running").await;
+    wait_servers(&w, &b.addrs, &[]).await;
+    crate::endstate::converged(&w, &["/service"], Duration::from_secs(10)).await;
+    for s in slow {
+        let r = s.await.unwrap().expect("the requests in flight complete");
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(w.haproxy.show_proc().await.reloads, reloads, "no reload");
+    let log = watcher.log_text();
+    assert!(!log.contains("falling back"), "{log}");
+    assert!(
+        !log.contains("removed server deleted"),
+        "the server was revived, not deleted and added again:\n{log}"
+    );
+}
