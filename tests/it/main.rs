@@ -5,4 +5,6 @@ mod docker;
 mod harness;
 mod hitless;
 mod sidekick;
+mod sidekick_faults;
+mod tcpproxy;
 mod watcher;
