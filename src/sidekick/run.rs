@@ -287,7 +287,10 @@ pub async fn run(args: SidekickArgs) -> Result<i32> {
         }
     };
 
-    // Leaving: the key goes first, so HAProxy stops routing here before the app stops.
+    // Leaving: the key goes first, so HAProxy stops routing here before the app stops. The
+    // drain counts from the signal: an unreachable etcd (the revoke gives up after
+    // STOP_DEADLINE) does not make the stop any longer.
+    let drained_at = Instant::now() + args.drain;
     if let Err(e) = reg.revoke(STOP_DEADLINE).await {
         tracing::warn!(error = %format!("{e:#}"), "could not revoke the lease; the key expires with its TTL");
     }
@@ -298,7 +301,7 @@ pub async fn run(args: SidekickArgs) -> Result<i32> {
         }
         (End::Signal(sig), Some(mut a)) => {
             tracing::info!(drain = ?args.drain, "deregistered; draining before stopping the app");
-            tokio::time::sleep(args.drain).await;
+            tokio::time::sleep_until(drained_at).await;
             a.signal(sig);
             let status = a.wait().await;
             tracing::info!(status, "app exited");
