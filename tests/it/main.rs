@@ -8,4 +8,6 @@ mod harness;
 mod hitless;
 mod promises;
 mod sidekick;
+mod sidekick_faults;
+mod tcpproxy;
 mod watcher;
