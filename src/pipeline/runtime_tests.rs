@@ -218,3 +218,37 @@ async fn a_long_burst_is_applied_every_debounce_period() {
     assert_eq!(s.p.next_due(), Some(t0 + Duration::from_millis(100)));
     drop(rt);
 }
+
+#[tokio::test]
+async fn a_file_that_cannot_be_written_sends_nothing_to_haproxy_and_is_retried() {
+    let (mut s, rt) = started().await;
+    let folder = s.out.parent().unwrap().to_path_buf();
+    let saved = std::fs::read_to_string(&s.out).unwrap();
+    std::fs::remove_dir_all(&folder).unwrap();
+    s.p.handle(put("/service/10.0.0.2:80", "running"), Instant::now());
+    assert!(matches!(s.p.apply().await, Applied::Rejected(_)));
+    assert!(
+        rt.applied.lock().unwrap().is_empty(),
+        "nothing ahead of the file"
+    );
+    assert!(!s.p.reload_pending(), "and nothing to revert");
+    let retry = s.p.next_due().expect("the write is retried");
+    // The folder comes back (space freed, remounted read-write): the retry applies it all.
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(&s.out, saved).unwrap();
+    tokio::time::sleep_until(retry.into()).await;
+    s.p.tick(Instant::now()).await;
+    assert_eq!(
+        *rt.applied.lock().unwrap(),
+        ["add service/10.0.0.2_80 10.0.0.2:80"]
+    );
+    assert!(std::fs::read_to_string(&s.out)
+        .unwrap()
+        .contains("10.0.0.2_80"));
+    assert!(!s.p.reload_pending());
+    assert_eq!(
+        *s.r.attempts.lock().unwrap(),
+        1,
+        "still only the first reload"
+    );
+}

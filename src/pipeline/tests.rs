@@ -71,6 +71,14 @@ pub(super) struct Setup {
 }
 
 pub(super) fn setup() -> Setup {
+    setup_with(Timing {
+        retry_min: Duration::from_millis(10),
+        ..Timing::default()
+    })
+}
+
+/// A pipeline writing into a folder of its own, with `timing`.
+pub(super) fn setup_with(timing: Timing) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("backends.cfg");
     let renderer = Renderer::new(vec![TemplateSpec {
@@ -84,10 +92,6 @@ pub(super) fn setup() -> Setup {
     )
     .unwrap();
     let (v, r) = (FakeValidator::default(), FakeReloader::default());
-    let timing = Timing {
-        retry_min: Duration::from_millis(10),
-        ..Timing::default()
-    };
     let p = Pipeline::new(catalog, renderer, Some(v.clone()), r.clone(), true, timing).unwrap();
     Setup {
         _dir: dir,
@@ -237,29 +241,32 @@ async fn refused_candidate_keeps_the_live_file_and_is_not_rechecked() {
 
 #[tokio::test]
 async fn failed_reload_is_retried_with_backoff() {
-    let mut s = setup();
-    *s.r.fail.lock().unwrap() = 2;
+    let mut s = setup_with(Timing {
+        min_reload_interval: Duration::from_millis(10),
+        retry_min: Duration::from_millis(100),
+        retry_max: Duration::from_millis(250),
+        ..Timing::default()
+    });
+    *s.r.fail.lock().unwrap() = 3;
     s.p.handle(snapshot(&["/service/10.0.0.1:80"]), Instant::now());
     s.p.tick(Instant::now()).await;
-    assert!(s.p.reload_pending());
-    let retry_at = s.p.next_due().unwrap();
-    assert!(
-        retry_at > Instant::now(),
-        "retry is scheduled, not immediate"
-    );
-    tokio::time::sleep_until(retry_at.into()).await;
-    s.p.tick(Instant::now()).await;
-    assert!(s.p.reload_pending(), "second attempt fails too");
-    let second = s.p.next_due().unwrap();
-    assert!(
-        second - Instant::now() > Duration::from_millis(15),
-        "backoff grows"
-    );
-    tokio::time::sleep_until(second.into()).await;
-    s.p.tick(Instant::now()).await;
-    assert!(!s.p.reload_pending());
-    assert_eq!(*s.r.attempts.lock().unwrap(), 3);
-    assert_eq!((s.p.stats.reloads, s.p.stats.reload_failures), (1, 2));
+    let mut delays = Vec::new();
+    while s.p.reload_pending() {
+        let failed_at = Instant::now();
+        let retry_at = s.p.next_due().unwrap();
+        delays.push((retry_at - failed_at).as_millis());
+        tokio::time::sleep_until(retry_at.into()).await;
+        s.p.tick(Instant::now()).await;
+    }
+    // 100 ms doubling up to 250 ms (each read a moment after the failure, so at most 1 ms
+    // short).
+    let want = [100u128, 200, 250];
+    assert_eq!(delays.len(), want.len(), "{delays:?}");
+    for (got, want) in delays.iter().zip(want) {
+        assert!(*got <= want && *got + 2 >= want, "{delays:?}");
+    }
+    assert_eq!(*s.r.attempts.lock().unwrap(), 4);
+    assert_eq!((s.p.stats.reloads, s.p.stats.reload_failures), (1, 3));
 }
 
 #[tokio::test]

@@ -3,10 +3,12 @@
 //! a lease exactly while the app can serve.
 
 pub mod args;
+pub mod call;
 pub mod check;
 pub mod docker;
 pub mod register;
 pub mod run;
+pub mod tasks;
 pub mod wrapper;
 
 pub use args::{CheckKind, SidekickArgs};

@@ -3,31 +3,30 @@
 //! else is undone at once.
 //!
 //! Steady state costs etcd no writes: lease keepalives are not raft writes. A registration's
-//! whole life is grant, put, revoke.
+//! whole life is grant, put, revoke. A lost lease is a state, not an error: whenever etcd says
+//! the lease is gone (or a different cluster answers), the lease is forgotten and the next
+//! register grants a new one. Every call has a deadline.
 
-use crate::backoff::Backoff;
-use anyhow::{anyhow, Context as _, Result};
-use etcd_client::{Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp};
+use super::call::{within, CallError};
+use super::tasks::{keep_alive, watch_key, KeepAlive, Notice};
+use crate::etcd::ClusterId;
+use etcd_client::{Client, Compare, CompareOp, PutOptions, ResponseHeader, Txn, TxnOp};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-
-/// Something the background tasks noticed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Notice {
-    /// etcd says the lease is gone (expired while etcd was unreachable, or revoked).
-    LeaseLost(i64),
-    /// The registered key was deleted (by an operator, a restore, another sidekick).
-    KeyDeleted(String),
-    /// The key watch was re-established after a break: check the key is still there.
-    Resync,
-}
 
 /// The registration of one key.
 pub struct Registration {
     client: Client,
     ttl: Duration,
+    /// Deadline of every etcd call but the ones on the stop path.
+    deadline: Duration,
+    cluster: ClusterId,
     lease: Option<i64>,
+    /// The cluster epoch `lease` was granted in.
+    lease_epoch: u64,
+    /// Our lease from before a cluster change: a key restored under it is still ours.
+    stale_lease: Option<i64>,
     keepalive: Option<JoinHandle<()>>,
     watch: Option<(String, JoinHandle<()>)>,
     /// The key currently held under our lease, if any.
@@ -38,12 +37,22 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// A registration using `client`; background tasks report to `notices`.
-    pub fn new(client: Client, ttl: Duration, notices: mpsc::Sender<Notice>) -> Self {
+    /// A registration using `client`, each call bounded by `deadline`; background tasks
+    /// report to `notices`.
+    pub fn new(
+        client: Client,
+        ttl: Duration,
+        deadline: Duration,
+        notices: mpsc::Sender<Notice>,
+    ) -> Self {
         Self {
             client,
             ttl,
+            deadline,
+            cluster: ClusterId::default(),
             lease: None,
+            lease_epoch: 0,
+            stale_lease: None,
             keepalive: None,
             watch: None,
             registered: None,
@@ -62,28 +71,57 @@ impl Registration {
         self.lease
     }
 
-    async fn ensure_lease(&mut self) -> Result<i64> {
+    /// Notes the cluster of a response; an error if our lease belongs to another cluster.
+    fn check_cluster(
+        &mut self,
+        what: &str,
+        header: Option<&ResponseHeader>,
+    ) -> Result<(), CallError> {
+        let from = self.cluster.observe(header);
+        if let Some(from) = from {
+            tracing::warn!(
+                from = format!("{from:x}"),
+                to = format!("{:x}", self.cluster.get()),
+                "a different etcd cluster answers (wiped, recreated or restored)"
+            );
+        }
+        if self.lease.is_some() && self.lease_epoch != self.cluster.epoch() {
+            return Err(CallError::ClusterChanged {
+                what: what.to_string(),
+                from: from.unwrap_or_default(),
+                to: self.cluster.get(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn ensure_lease(&mut self) -> Result<i64, CallError> {
+        if self.lease.is_some() && self.lease_epoch != self.cluster.epoch() {
+            self.drop_lease("granted by a cluster that no longer answers");
+        }
         if let Some(id) = self.lease {
             return Ok(id);
         }
         let ttl = self.ttl.as_secs().max(1) as i64;
-        let id = self
-            .client
-            .lease_grant(ttl, None)
-            .await
-            .context("granting a lease")?
-            .id();
+        let mut c = self.client.clone();
+        let resp = within("granting a lease", self.deadline, c.lease_grant(ttl, None)).await?;
+        self.cluster.observe(resp.header());
+        let id = resp.id();
         tracing::info!(lease = format!("{id:x}"), ttl, "lease granted");
         self.lease = Some(id);
+        self.lease_epoch = self.cluster.epoch();
         if let Some(old) = self.keepalive.take() {
             old.abort();
         }
-        self.keepalive = Some(tokio::spawn(keep_alive(
-            self.client.clone(),
+        self.keepalive = Some(tokio::spawn(keep_alive(KeepAlive {
+            client: self.client.clone(),
             id,
-            self.ttl,
-            self.notices.clone(),
-        )));
+            ttl: self.ttl,
+            deadline: self.deadline,
+            cluster: self.cluster.clone(),
+            epoch: self.lease_epoch,
+            notices: self.notices.clone(),
+        })));
         Ok(id)
     }
 
@@ -91,26 +129,40 @@ impl Registration {
     ///
     /// A key that exists under another live lease (a duplicate sidekick, or this container's
     /// previous sidekick that died without cleaning up) is not taken over: this one stands by
-    /// and registers when that key goes away. Returns whether the key is now ours.
-    pub async fn register(&mut self, key: &str, value: &str) -> Result<bool> {
+    /// and registers when that key goes away. Returns whether the key is now ours. A lease etcd
+    /// no longer has is replaced by a new one at once.
+    pub async fn register(&mut self, key: &str, value: &str) -> Result<bool, CallError> {
         if let Some(old) = self.registered.clone().filter(|k| k != key) {
             // The endpoint moved (new host port after a restart): drop the old key first.
             self.deregister_key(&old).await?;
         }
         self.watch_key(key);
+        match self.put(key, value).await {
+            Err(e) if e.lease_lost() => {
+                self.drop_lease(&e.to_string());
+                self.put(key, value).await
+            }
+            other => other,
+        }
+    }
+
+    async fn put(&mut self, key: &str, value: &str) -> Result<bool, CallError> {
         let lease = self.ensure_lease().await?;
         let put = TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)));
-        let free_or_ours = |cmp: Compare| Txn::new().when([cmp]).and_then([put.clone()]);
-        let mut ours = false;
-        for cmp in [
+        let mut ours_if = vec![
             Compare::create_revision(key, CompareOp::Equal, 0),
             Compare::lease(key, CompareOp::Equal, lease),
-        ] {
-            let resp = self
-                .client
-                .txn(free_or_ours(cmp))
-                .await
-                .with_context(|| format!("putting etcd key \"{key}\""))?;
+        ];
+        if let Some(stale) = self.stale_lease {
+            ours_if.push(Compare::lease(key, CompareOp::Equal, stale));
+        }
+        let what = format!("putting etcd key \"{key}\"");
+        let mut ours = false;
+        for cmp in ours_if {
+            let txn = Txn::new().when([cmp]).and_then([put.clone()]);
+            let mut c = self.client.clone();
+            let resp = within(&what, self.deadline, c.txn(txn)).await?;
+            self.check_cluster(&what, resp.header())?;
             if resp.succeeded() {
                 ours = true;
                 break;
@@ -119,6 +171,7 @@ impl Registration {
         if ours {
             self.registered = Some(key.to_string());
             self.standby = false;
+            self.stale_lease = None;
         } else {
             if !self.standby {
                 tracing::warn!(
@@ -144,6 +197,8 @@ impl Registration {
             let task = tokio::spawn(watch_key(
                 self.client.clone(),
                 key.to_string(),
+                self.deadline,
+                self.cluster.clone(),
                 self.notices.clone(),
             ));
             self.watch = Some((key.to_string(), task));
@@ -152,23 +207,22 @@ impl Registration {
 
     /// Deletes the registered key, but only while it still holds our lease (a key that another
     /// sidekick has taken over is left alone).
-    pub async fn deregister(&mut self) -> Result<()> {
+    pub async fn deregister(&mut self) -> Result<(), CallError> {
         match self.registered.clone() {
             Some(key) => self.deregister_key(&key).await,
             None => Ok(()),
         }
     }
 
-    async fn deregister_key(&mut self, key: &str) -> Result<()> {
+    async fn deregister_key(&mut self, key: &str) -> Result<(), CallError> {
         if let Some(lease) = self.lease {
             let txn = Txn::new()
                 .when([Compare::lease(key, CompareOp::Equal, lease)])
                 .and_then([TxnOp::delete(key, None)]);
-            let resp = self
-                .client
-                .txn(txn)
-                .await
-                .with_context(|| format!("deleting etcd key \"{key}\""))?;
+            let what = format!("deleting etcd key \"{key}\"");
+            let mut c = self.client.clone();
+            let resp = within(&what, self.deadline, c.txn(txn)).await?;
+            self.cluster.observe(resp.header());
             if !resp.succeeded() {
                 tracing::info!(key, "key no longer holds our lease; left alone");
             }
@@ -178,8 +232,11 @@ impl Registration {
     }
 
     /// Whether `key` still exists under our lease (after a watch break).
-    pub async fn holds(&mut self, key: &str) -> Result<bool> {
-        let resp = self.client.get(key, None).await?;
+    pub async fn holds(&mut self, key: &str) -> Result<bool, CallError> {
+        let what = format!("reading etcd key \"{key}\"");
+        let mut c = self.client.clone();
+        let resp = within(&what, self.deadline, c.get(key, None)).await?;
+        self.check_cluster(&what, resp.header())?;
         Ok(resp
             .kvs()
             .first()
@@ -195,16 +252,33 @@ impl Registration {
     /// The lease is known gone: the next register grants a new one.
     pub fn forget_lease(&mut self, id: i64) {
         if self.lease == Some(id) {
-            self.lease = None;
-            self.registered = None;
-            if let Some(k) = self.keepalive.take() {
-                k.abort();
-            }
+            self.drop_lease("the keepalive says so");
         }
     }
 
-    /// Revokes the lease: etcd deletes every key under it at once.
-    pub async fn revoke(&mut self) -> Result<()> {
+    /// Forgets the lease in use (and the key under it); the next register grants a new one.
+    fn drop_lease(&mut self, why: &str) {
+        if let Some(id) = self.lease.take() {
+            tracing::warn!(
+                lease = format!("{id:x}"),
+                why,
+                "lease lost; registering again under a new one"
+            );
+            if self.lease_epoch != self.cluster.epoch() {
+                // The old cluster's data may come back (a restored snapshot): still ours.
+                self.stale_lease = Some(id);
+            }
+        }
+        self.registered = None;
+        self.standby = false;
+        if let Some(k) = self.keepalive.take() {
+            k.abort();
+        }
+    }
+
+    /// Revokes the lease within `deadline`: etcd deletes every key under it at once. A lease
+    /// etcd no longer has is not an error (its keys are gone with it).
+    pub async fn revoke(&mut self, deadline: Duration) -> Result<(), CallError> {
         if let Some((_, w)) = self.watch.take() {
             w.abort();
         }
@@ -213,11 +287,15 @@ impl Registration {
         }
         self.registered = None;
         if let Some(id) = self.lease.take() {
-            self.client
-                .lease_revoke(id)
-                .await
-                .map_err(|e| anyhow!("revoking lease {id:x}: {e}"))?;
-            tracing::info!(lease = format!("{id:x}"), "lease revoked");
+            let what = format!("revoking lease {id:x}");
+            let mut c = self.client.clone();
+            match within(&what, deadline, c.lease_revoke(id)).await {
+                Ok(_) => tracing::info!(lease = format!("{id:x}"), "lease revoked"),
+                Err(CallError::LeaseGone { .. }) => {
+                    tracing::info!(lease = format!("{id:x}"), "lease already gone")
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
@@ -231,77 +309,5 @@ impl Drop for Registration {
         if let Some(k) = self.keepalive.take() {
             k.abort();
         }
-    }
-}
-
-/// Keeps lease `id` alive every TTL/3 until etcd says it is gone. A broken keepalive stream
-/// is re-opened with backoff; the lease only ends when etcd answers with TTL 0.
-async fn keep_alive(client: Client, id: i64, ttl: Duration, notices: mpsc::Sender<Notice>) {
-    let every = (ttl / 3).max(Duration::from_millis(500));
-    let mut backoff = Backoff::default();
-    loop {
-        let mut c = client.clone();
-        let opened = c.lease_keep_alive(id).await;
-        let (mut keeper, mut stream) = match opened {
-            Ok(pair) => pair,
-            Err(e) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in = ?delay, "lease keepalive: etcd unreachable");
-                tokio::time::sleep(delay).await;
-                continue;
-            }
-        };
-        loop {
-            if let Err(e) = keeper.keep_alive().await {
-                tracing::warn!(error = %e, "lease keepalive failed");
-                break;
-            }
-            match tokio::time::timeout(ttl, stream.message()).await {
-                Ok(Ok(Some(resp))) if resp.ttl() > 0 => backoff.reset(),
-                Ok(Ok(Some(_))) => {
-                    tracing::warn!(lease = format!("{id:x}"), "lease expired");
-                    let _ = notices.send(Notice::LeaseLost(id)).await;
-                    return;
-                }
-                Ok(Ok(None)) | Err(_) => {
-                    tracing::warn!("lease keepalive stream ended");
-                    break;
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "lease keepalive failed");
-                    break;
-                }
-            }
-            tokio::time::sleep(every).await;
-        }
-        tokio::time::sleep(backoff.next_delay()).await;
-    }
-}
-
-/// Watches `key` and reports its deletion; each time the watch (re)starts, asks for a resync.
-async fn watch_key(client: Client, key: String, notices: mpsc::Sender<Notice>) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-    loop {
-        let mut c = client.clone();
-        match c.watch(key.as_str(), None).await {
-            Ok(mut stream) => {
-                // Whatever happened before the watch existed: have the key checked.
-                if notices.send(Notice::Resync).await.is_err() {
-                    return;
-                }
-                while let Ok(Some(resp)) = stream.message().await {
-                    backoff.reset();
-                    let deleted = resp
-                        .events()
-                        .iter()
-                        .any(|e| e.event_type() == EventType::Delete);
-                    if deleted && notices.send(Notice::KeyDeleted(key.clone())).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(key, error = %e, "watching own key failed"),
-        }
-        tokio::time::sleep(backoff.next_delay()).await;
     }
 }

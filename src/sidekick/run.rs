@@ -2,12 +2,15 @@
 //!
 //! Level-triggered: every check result, notice from etcd and retry leads to one `reconcile`,
 //! which makes etcd match what health says (key present under our lease while Up, absent
-//! otherwise). Failed etcd calls are retried with backoff, not only at the next check.
+//! otherwise). Failed etcd calls are retried with jittered backoff, not only at the next check.
+//! Every etcd call has a deadline, and SIGTERM/SIGINT cancel one in flight: stopping never
+//! waits on an unreachable etcd for longer than [`STOP_DEADLINE`].
 
 use super::args::{CheckKind, SidekickArgs};
 use super::check::{probe, Check, Health, Hysteresis};
 use super::docker::{discover, own_container_id, Discovered};
-use super::register::{Notice, Registration};
+use super::register::Registration;
+use super::tasks::Notice;
 use super::wrapper::{forwarded_signals, App};
 use crate::backoff::Backoff;
 use crate::endpoint::LEGACY_VALUE;
@@ -18,6 +21,10 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+
+/// Deadline of each etcd call on the stop path (revoking the lease): the app's SIGTERM must
+/// not wait on an unreachable etcd.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Where the registered address comes from.
 enum Source {
@@ -130,9 +137,12 @@ pub async fn run(args: SidekickArgs) -> Result<i32> {
     } else {
         Some(App::start(&args.command)?)
     };
-    let client = args.etcd.connect().await?;
+    let deadline = args.etcd.etcd_timeout;
+    let client = tokio::time::timeout(deadline, args.etcd.connect())
+        .await
+        .with_context(|| format!("connecting to etcd: no answer within {deadline:?}"))??;
     let (notice_tx, mut notices) = mpsc::channel(16);
-    let mut reg = Registration::new(client, args.ttl, notice_tx);
+    let mut reg = Registration::new(client, args.ttl, deadline, notice_tx);
     let mut health = Hysteresis::new(args.rise, args.fall);
     let target = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.port);
 
@@ -159,9 +169,12 @@ pub async fn run(args: SidekickArgs) -> Result<i32> {
     // starting), failures do not count and checks run every 25 ms.
     let startup_pace = args.interval.min(Duration::from_millis(25));
     let mut next_check = Instant::now();
-    let mut retry = Backoff::default();
+    // Jittered: hundreds of sidekicks that lost one etcd must not retry in lockstep.
+    let mut retry = Backoff::default().with_jitter(0.5);
     let mut retry_at: Option<Instant> = None;
     let mut need_resolve = false;
+    // The key watch restarted: check the key is still ours at the next reconcile.
+    let mut check_key = false;
 
     let end = loop {
         let app_exit = async {
@@ -207,10 +220,7 @@ pub async fn run(args: SidekickArgs) -> Result<i32> {
                 }
             }
             Some(n) = notices.recv() => match n {
-                Notice::LeaseLost(id) => {
-                    tracing::warn!(lease = format!("{id:x}"), "lease lost; registering again under a new one");
-                    reg.forget_lease(id);
-                }
+                Notice::LeaseLost(id) => reg.forget_lease(id),
                 Notice::KeyDeleted(key) => {
                     if reg.registered() == Some(key.as_str()) {
                         tracing::warn!(key, "own key deleted by someone else; putting it back");
@@ -218,21 +228,26 @@ pub async fn run(args: SidekickArgs) -> Result<i32> {
                     reg.forget_key();
                 }
                 Notice::Resync if reg.standby() => reg.forget_key(),
-                Notice::Resync => {
-                    if let Some(key) = reg.registered().map(str::to_string) {
-                        match reg.holds(&key).await {
-                            Ok(true) => {}
-                            Ok(false) => { tracing::warn!(key, "own key missing; putting it back"); reg.forget_key(); }
-                            Err(e) => tracing::warn!(error = %e, "checking own key"),
-                        }
-                    }
-                }
+                Notice::Resync => check_key = true,
             },
             _ = retry_sleep => { retry_at = None; }
         }
-        // Reconcile etcd with health.
+        // Reconcile etcd with health; a stop signal cancels it (each call has a deadline too).
         let want = health.health() == Health::Up;
-        let outcome: Result<()> = async {
+        let reconcile = async {
+            if let Some(key) = reg.registered().map(str::to_string).filter(|_| check_key) {
+                match reg.holds(&key).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(key, "own key missing; putting it back");
+                        reg.forget_key();
+                    }
+                    Err(e) if e.lease_lost() => reg.forget_key(),
+                    // Checked again at the retry.
+                    Err(e) => return Err(e.into()),
+                }
+                check_key = false;
+            }
             if want && reg.registered().is_none() && !reg.standby() {
                 if need_resolve {
                     // Ports change when the container or the engine restarts: look again.
@@ -255,9 +270,13 @@ pub async fn run(args: SidekickArgs) -> Result<i32> {
                 reg.deregister().await?;
                 tracing::info!(key = %prefix.endpoint_key(addr), "deregistered");
             }
-            Ok(())
-        }
-        .await;
+            Ok::<(), anyhow::Error>(())
+        };
+        let outcome = tokio::select! {
+            outcome = reconcile => outcome,
+            _ = term.recv() => break End::Signal(libc::SIGTERM),
+            _ = int.recv() => break End::Signal(libc::SIGINT),
+        };
         match outcome {
             Ok(()) => retry.reset(),
             Err(e) => {
@@ -268,8 +287,11 @@ pub async fn run(args: SidekickArgs) -> Result<i32> {
         }
     };
 
-    // Leaving: the key goes first, so HAProxy stops routing here before the app stops.
-    if let Err(e) = reg.revoke().await {
+    // Leaving: the key goes first, so HAProxy stops routing here before the app stops. The
+    // drain counts from the signal: an unreachable etcd (the revoke gives up after
+    // STOP_DEADLINE) does not make the stop any longer.
+    let drained_at = Instant::now() + args.drain;
+    if let Err(e) = reg.revoke(STOP_DEADLINE).await {
         tracing::warn!(error = %format!("{e:#}"), "could not revoke the lease; the key expires with its TTL");
     }
     match (end, app) {
@@ -279,7 +301,7 @@ pub async fn run(args: SidekickArgs) -> Result<i32> {
         }
         (End::Signal(sig), Some(mut a)) => {
             tracing::info!(drain = ?args.drain, "deregistered; draining before stopping the app");
-            tokio::time::sleep(args.drain).await;
+            tokio::time::sleep_until(drained_at).await;
             a.signal(sig);
             let status = a.wait().await;
             tracing::info!(status, "app exited");

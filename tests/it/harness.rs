@@ -212,6 +212,19 @@ impl Etcd {
         }
     }
 
+    /// Kills etcd (SIGKILL) and deletes its data: the next [`Etcd::restart`] starts a new, empty
+    /// cluster on the same ports (etcd wiped and recreated).
+    pub fn kill_and_wipe(&mut self) {
+        self.kill();
+        if let Err(e) = std::fs::remove_dir_all(&self.data) {
+            assert!(
+                e.kind() == std::io::ErrorKind::NotFound,
+                "wiping {}: {e}",
+                self.data.display()
+            );
+        }
+    }
+
     /// Starts etcd again on the same ports and data.
     pub async fn restart(&mut self) {
         self.kill();

@@ -107,6 +107,38 @@ async fn haproxy_servers(w: &World, backend: &str) -> Vec<(String, u32)> {
     v
 }
 
+/// Waits until HAProxy's `service` backend holds exactly `active` in service and `draining`
+/// in maintenance: the state a put and a delete lead to, however the pipeline groups them
+/// into applies.
+async fn wait_servers(
+    w: &World,
+    active: &[std::net::SocketAddr],
+    draining: &[std::net::SocketAddr],
+) {
+    let mut want: Vec<(String, bool)> = active
+        .iter()
+        .map(|a| (server_name(*a), false))
+        .chain(draining.iter().map(|a| (server_name(*a), true)))
+        .collect();
+    want.sort();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let have: Vec<(String, bool)> = haproxy_servers(w, "service")
+            .await
+            .into_iter()
+            .map(|(name, admin)| (name, admin & 0x01 != 0))
+            .collect();
+        if have == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "HAProxy's servers should be {want:?} (name, in maintenance); are {have:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn server_name(addr: std::net::SocketAddr) -> String {
     format!("{}_{}", addr.ip(), addr.port())
 }
@@ -283,11 +315,12 @@ async fn a_removed_server_finishes_its_requests_in_flight() {
     assert_routes_exactly(w.haproxy.http, &b.addrs[1..]).await;
     let reloads = w.haproxy.show_proc().await.reloads;
     // A slow request reaches backend 1, the only server...
-    let slow = slow_requests(&w, &b, 2000, 1).await.remove(0);
+    let slow = slow_requests(&w, &b, 4000, 1).await.remove(0);
     // ...then backend 0 joins and backend 1 leaves while the request runs.
     w.put(&b.key(0), "running").await;
     w.del(&b.key(1)).await;
-    wait_applies(&watcher, "runtime", 2).await;
+    wait_servers(&w, &b.addrs[..1], &b.addrs[1..2]).await;
+    assert!(applies(&watcher, "runtime") >= 1);
     assert!(!slow.is_finished(), "the slow request is still in flight");
     assert_eq!(
         answers_now(&w, 6).await,
@@ -359,10 +392,11 @@ async fn a_reload_during_a_drain_keeps_the_request_and_the_fast_path() {
     let watcher = templated_watcher(&w, &template);
     assert_routes_exactly(w.haproxy.http, &b.addrs[1..2]).await;
     // A slow request on backend 1, which then leaves (drains) while backend 0 joins.
-    let slow = slow_requests(&w, &b, 2500, 1).await.remove(0);
+    let slow = slow_requests(&w, &b, 4500, 1).await.remove(0);
     w.put(&b.key(0), "running").await;
     w.del(&b.key(1)).await;
-    wait_applies(&watcher, "runtime", 2).await;
+    wait_servers(&w, &b.addrs[..1], &b.addrs[1..2]).await;
+    let runtime_applies = applies(&watcher, "runtime");
     // A template edit reloads HAProxy in the middle of the drain.
     let reloads = w.haproxy.show_proc().await.reloads;
     std::fs::write(&template, shipped.replace("retries 2", "retries 3")).unwrap();
@@ -384,7 +418,7 @@ async fn a_reload_during_a_drain_keeps_the_request_and_the_fast_path() {
     assert_routes_exactly(w.haproxy.http, &b.addrs[..1]).await;
     // The fast path goes on against the new worker.
     w.put(&b.key(2), "running").await;
-    wait_applies(&watcher, "runtime", 3).await;
+    wait_applies(&watcher, "runtime", runtime_applies + 1).await;
     assert_eq!(answers_now(&w, 8).await, ids(&b, &[0, 2]));
     assert!(
         !watcher.log_text().contains("falling back"),
@@ -392,4 +426,33 @@ async fn a_reload_during_a_drain_keeps_the_request_and_the_fast_path() {
         watcher.log_text()
     );
     assert_eq!(w.haproxy.show_proc().await.failed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_comes_back_while_it_drains_is_put_back_in_service() {
+    let mut w = World::new().await;
+    let b = Backends::start(2).await;
+    w.put(&b.key(0), "running").await;
+    w.put(&b.key(1), "running").await;
+    let watcher = hitless_watcher(&w, &[]);
+    crate::endstate::converged(&w, &["/service"], Duration::from_secs(15)).await;
+    let reloads = w.haproxy.show_proc().await.reloads;
+    // Backend 1 holds a request, leaves (drains), and comes back before the request ends.
+    let slow = slow_requests(&w, &b, 3000, 2).await;
+    w.del(&b.key(1)).await;
+    wait_servers(&w, &b.addrs[..1], &b.addrs[1..]).await;
+    w.put(&b.key(1), "running").await;
+    wait_servers(&w, &b.addrs, &[]).await;
+    crate::endstate::converged(&w, &["/service"], Duration::from_secs(10)).await;
+    for s in slow {
+        let r = s.await.unwrap().expect("the requests in flight complete");
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(w.haproxy.show_proc().await.reloads, reloads, "no reload");
+    let log = watcher.log_text();
+    assert!(!log.contains("falling back"), "{log}");
+    assert!(
+        !log.contains("removed server deleted"),
+        "the server was revived, not deleted and added again:\n{log}"
+    );
 }

@@ -7,5 +7,8 @@ mod faults_etcd;
 mod faults_watcher;
 mod harness;
 mod hitless;
+mod promises;
 mod sidekick;
+mod sidekick_faults;
+mod tcpproxy;
 mod watcher;

@@ -7,12 +7,12 @@ use crate::harness::*;
 use etcd_client::Client;
 use std::time::{Duration, Instant};
 
-const SOCK: &str = "/var/run/docker.sock:/var/run/docker.sock";
+pub const SOCK: &str = "/var/run/docker.sock:/var/run/docker.sock";
 pub const SIDEKICK: &str = env!("CARGO_BIN_EXE_dockreg");
 
 /// The sidekick flags used in the tests: fast checks and a short TTL (the drain is the
 /// default 2 s unless a test sets it).
-fn sidekick_args(etcd: &str) -> Vec<String> {
+pub fn sidekick_args(etcd: &str) -> Vec<String> {
     [
         "--etcd",
         etcd,
@@ -46,13 +46,13 @@ fn sidekick_args(etcd: &str) -> Vec<String> {
     .collect()
 }
 
-struct Setup {
-    _dir: tempfile::TempDir,
-    etcd: Etcd,
-    client: Client,
+pub struct Setup {
+    pub _dir: tempfile::TempDir,
+    pub etcd: Etcd,
+    pub client: Client,
 }
 
-async fn setup() -> Option<Setup> {
+pub async fn setup() -> Option<Setup> {
     if !docker_available() {
         return None;
     }
@@ -67,14 +67,19 @@ async fn setup() -> Option<Setup> {
     })
 }
 
-fn start_app(s: &Setup) -> (Container, String, u16) {
+pub fn start_app(s: &Setup) -> (Container, String, u16) {
     start_app_with(s, &[])
 }
 
 /// Starts an app container with `extra` sidekick flags (ones `sidekick_args` does not set).
-fn start_app_with(s: &Setup, extra: &[&str]) -> (Container, String, u16) {
+pub fn start_app_with(s: &Setup, extra: &[&str]) -> (Container, String, u16) {
+    start_app_via(&s.etcd.container_url(), extra)
+}
+
+/// Starts an app container whose sidekick reaches etcd at `etcd_url` (a proxy, say).
+pub fn start_app_via(etcd_url: &str, extra: &[&str]) -> (Container, String, u16) {
     let mut args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
-    args.extend(sidekick_args(&s.etcd.container_url()));
+    args.extend(sidekick_args(etcd_url));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let c = Container::run(&["-p", "8000", "-v", SOCK, "-e", "IP=127.0.0.1"], &args);
     let port = c.host_port(8000);
@@ -82,7 +87,7 @@ fn start_app_with(s: &Setup, extra: &[&str]) -> (Container, String, u16) {
     (c, key, port)
 }
 
-async fn value(client: &mut Client, key: &str) -> Option<(String, i64)> {
+pub async fn value(client: &mut Client, key: &str) -> Option<(String, i64)> {
     let r = client.get(key, None).await.ok()?;
     r.kvs()
         .first()
@@ -90,7 +95,7 @@ async fn value(client: &mut Client, key: &str) -> Option<(String, i64)> {
 }
 
 /// Waits until the key is present (or absent); returns how long that took.
-async fn wait_key(
+pub async fn wait_key(
     client: &mut Client,
     key: &str,
     present: bool,
@@ -177,18 +182,23 @@ async fn docker_kill_lets_the_lease_expire() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etcd_restart_mid_run_ends_with_the_key_back() {
-    let Some(mut s) = setup().await else { return };
-    let (c, key, _) = start_app(&s);
-    wait_key(&mut s.client, &key, true, Duration::from_secs(2), &c).await;
-    s.etcd.kill();
-    // Longer than the TTL: the sidekick must cope with a lost lease too.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    s.etcd.restart().await;
-    let mut client = s.etcd.client().await;
-    wait_key(&mut client, &key, true, Duration::from_secs(10), &c).await;
-    assert!(c.running());
+/// Sends SIGTERM to a child and waits (at most 10 s) for its exit status.
+fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let t0 = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            return status;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no exit 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,7 +209,7 @@ async fn a_second_sidekick_never_removes_the_first_ones_key() {
     let (first_value, first_lease) = value(&mut s.client, &key).await.unwrap();
     // A second sidekick on the host for the same endpoint (no Docker: --host-port).
     let log = s._dir.path().join("second.log");
-    let second = ChildGuard(
+    let mut second = ChildGuard(
         std::process::Command::new(SIDEKICK)
             .args(["--etcd", &s.etcd.url(), "--ip", "127.0.0.1"])
             .args([
@@ -223,13 +233,67 @@ async fn a_second_sidekick_never_removes_the_first_ones_key() {
         },
     )
     .await;
-    drop(second); // SIGTERM: it revokes its own lease, which holds nothing.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SIGTERM: it revokes its own lease, which holds nothing. Its exit is the sentinel: after
+    // it, that sidekick can change nothing any more.
+    let status = terminate(&mut second.0);
+    assert!(status.success(), "second sidekick: {status}");
     assert_eq!(
         value(&mut s.client, &key).await,
         Some((first_value, first_lease)),
         "the first sidekick's registration is untouched"
     );
+
+    // Fencing: a key under a foreign lease at exactly the sidekick's key (as after a takeover)
+    // is never deleted by the sidekick's compare-lease delete, nor by its revoke.
+    let foreign = s.client.lease_grant(60, None).await.unwrap().id();
+    let foreign_value = r#"{"hostname":"foreign"}"#.to_string();
+    s.client
+        .put(
+            key.as_str(),
+            foreign_value.as_str(),
+            Some(etcd_client::PutOptions::new().with_lease(foreign)),
+        )
+        .await
+        .unwrap();
+    // Unhealthy: the sidekick deregisters. Sentinel: its log says the delete's compare failed.
+    c.exec(&["/bin/busybox", "rm", "/www/health"]);
+    eventually(
+        Duration::from_secs(10),
+        "the sidekick's deregister to find a foreign lease",
+        || async {
+            c.logs()
+                .contains("key no longer holds our lease; left alone")
+        },
+    )
+    .await;
+    assert_eq!(
+        value(&mut s.client, &key).await,
+        Some((foreign_value.clone(), foreign)),
+        "deregistering left the foreign key alone"
+    );
+    // Stopped: it revokes its lease. Sentinel: docker stop returns once the sidekick exited.
+    let id = c.id.clone();
+    tokio::task::spawn_blocking(move || docker(&["stop", &id]))
+        .await
+        .unwrap();
+    assert!(!c.running());
+    assert!(
+        c.logs().contains("lease revoked"),
+        "the stop path ran: {}",
+        c.logs()
+    );
+    assert_eq!(
+        value(&mut s.client, &key).await,
+        Some((foreign_value, foreign)),
+        "stopping left the foreign key alone"
+    );
+    let ttl = s
+        .client
+        .lease_time_to_live(foreign, None)
+        .await
+        .unwrap()
+        .ttl();
+    assert!(ttl > 0, "the foreign lease is alive: ttl {ttl}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,29 +358,46 @@ async fn docker_stop_behind_haproxy_fails_no_request() {
     )
     .await;
     // Load through HAProxy, a new connection per request, while one app is stopped.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let answered = std::sync::Arc::new(AtomicU32::new(0));
     let load = tokio::spawn({
-        let stop = stop.clone();
+        let (stop, answered) = (stop.clone(), answered.clone());
         let addr = haproxy.http;
         async move {
-            let (mut ok, mut failed) = (0u32, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut failed = Vec::new();
+            while !stop.load(Relaxed) {
                 match get(addr).await {
-                    Some(r) if r.status == 200 => ok += 1,
+                    Some(r) if r.status == 200 => {
+                        answered.fetch_add(1, Relaxed);
+                    }
                     other => failed.push(other.map(|r| r.status)),
                 }
             }
-            (ok, failed)
+            failed
         }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = answered.load(Relaxed);
+    eventually(Duration::from_secs(10), "load flowing", || async {
+        answered.load(Relaxed) >= before + 50
+    })
+    .await;
     let id = a.id.clone();
     tokio::task::spawn_blocking(move || docker(&["stop", &id]))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = load.await.unwrap();
+    // Not a fixed window after the stop: the load goes on until 100 more requests were
+    // answered with app a gone, so a failure after its exit would be seen.
+    let after_stop = answered.load(Relaxed);
+    eventually(
+        Duration::from_secs(20),
+        "100 requests answered after the stop",
+        || async { answered.load(Relaxed) >= after_stop + 100 },
+    )
+    .await;
+    stop.store(true, Relaxed);
+    let failed = load.await.unwrap();
+    let ok = answered.load(Relaxed);
     eprintln!("{ok} requests answered 200 during docker stop; failed: {failed:?}");
     assert!(
         failed.is_empty(),
