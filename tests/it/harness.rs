@@ -232,15 +232,6 @@ impl Etcd {
         self.wait_ready().await;
     }
 
-    /// Kills etcd, deletes its data and starts an empty one on the same ports (same name and
-    /// peer URLs, so the same cluster id).
-    pub async fn wipe_and_restart(&mut self) {
-        self.kill();
-        remove_dir(&self.data);
-        self.spawn();
-        self.wait_ready().await;
-    }
-
     /// `etcdctl snapshot save <path>` of this member.
     pub fn snapshot_save(&self, path: &Path) {
         etcdctl(
@@ -256,8 +247,7 @@ impl Etcd {
     /// Kills etcd, replaces its data with `snapshot` (`etcdctl snapshot restore` with the same
     /// name, cluster and peer URL) and starts it again on the same ports.
     pub async fn restore_from(&mut self, snapshot: &Path) {
-        self.kill();
-        remove_dir(&self.data);
+        self.kill_and_wipe();
         etcdctl(
             Command::new("etcdctl")
                 .arg("snapshot")
@@ -274,14 +264,6 @@ impl Etcd {
         );
         self.spawn();
         self.wait_ready().await;
-    }
-}
-
-fn remove_dir(dir: &Path) {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => panic!("removing etcd data {}: {e}", dir.display()),
     }
 }
 
