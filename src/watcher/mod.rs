@@ -163,6 +163,9 @@ const RUNTIME_COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// Runs the watcher as the flags say; the exit code reflects `--once`/`--dry-run` failures.
 pub async fn run(args: WatcherArgs) -> Result<ExitCode> {
     let pipeline = build(&args)?;
+    if !args.dry_run {
+        remove_stale_temporaries(&args, &pipeline)?;
+    }
     if args.once || args.dry_run {
         return one_shot(args, pipeline).await;
     }
@@ -194,6 +197,19 @@ pub async fn run(args: WatcherArgs) -> Result<ExitCode> {
     forward.abort();
     tracing::info!(?stats, "stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Removes the temporary files a killed watcher left beside the outputs and the server-state
+/// file (before anything is staged for them).
+fn remove_stale_temporaries(
+    args: &WatcherArgs,
+    pipeline: &Pipeline<Validator, Reloader>,
+) -> Result<()> {
+    let outputs = pipeline.renderer.specs().iter().map(|s| s.output.as_path());
+    for target in outputs.chain(args.server_state_file.as_deref()) {
+        crate::output::remove_stale_temporaries(target)?;
+    }
+    Ok(())
 }
 
 /// `--once` and `--dry-run`: one listing, one render, then exit.

@@ -306,3 +306,26 @@ async fn a_full_output_folder_leaves_haproxy_as_it_is_and_heals() {
     drop(tmpfs);
     drop(w);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporaries_left_by_a_killed_watcher_are_removed_at_start() {
+    let mut w = World::new().await;
+    let b = Backends::start(1).await;
+    w.put(&b.key(0), "running").await;
+    let dir = w.haproxy.output.parent().unwrap().to_path_buf();
+    let stale = dir.join(".backends.cfg.Ab12Cd.tmp");
+    let foreign = [
+        dir.join(".backends.cfg.keep.tmp"),
+        dir.join("backends.cfg.Ab12Cd.tmp"),
+    ];
+    std::fs::write(&stale, "half a config").unwrap();
+    for f in &foreign {
+        std::fs::write(f, "not ours").unwrap();
+    }
+    let watcher = w.watcher(&[]);
+    converged(&w, &["/service"], Duration::from_secs(15)).await;
+    assert!(!stale.exists(), "{}", watcher.log_text());
+    for f in &foreign {
+        assert!(f.exists(), "{} is not one of ours", f.display());
+    }
+}
