@@ -982,4 +982,6 @@ fn section_ops(
 }
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;
