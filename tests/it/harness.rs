@@ -593,6 +593,29 @@ pub async fn assert_routes_exactly(addr: SocketAddr, want: &[SocketAddr]) {
     }
 }
 
+/// Checks over `window` that requests through HAProxy keep reaching `want` and nothing else
+/// (a fault must not take anything out of, or put anything into, rotation).
+pub async fn assert_keeps_routing(addr: SocketAddr, want: &[SocketAddr], window: Duration) {
+    let want_ids: Vec<String> = want.iter().map(|a| Backends::id(*a)).collect();
+    let until = Instant::now() + window;
+    let mut seen_all = std::collections::BTreeSet::new();
+    while Instant::now() < until {
+        let seen = who_answers(addr, want.len().max(2)).await;
+        let stray: Vec<&String> = seen.keys().filter(|k| !want_ids.contains(k)).collect();
+        assert!(
+            stray.is_empty(),
+            "HAProxy should keep routing to {want_ids:?}; also saw {stray:?}"
+        );
+        seen_all.extend(seen.into_keys());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        seen_all.len(),
+        want_ids.len(),
+        "every one of {want_ids:?} answered within {window:?}"
+    );
+}
+
 /// The watcher binary, logging to a file in the test folder.
 pub struct Watcher {
     pub log: PathBuf,

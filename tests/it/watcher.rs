@@ -245,7 +245,7 @@ async fn etcd_restart_mid_run_and_absent_at_start() {
     // etcd dies: HAProxy keeps serving the last good config.
     etcd.kill();
     watcher.wait_log("etcd watch broken").await;
-    assert_routes_exactly(haproxy.http, &b.addrs[..1]).await;
+    assert_keeps_routing(haproxy.http, &b.addrs[..1], Duration::from_secs(2)).await;
 
     etcd.restart().await;
     let mut c = etcd.client().await;
@@ -463,7 +463,7 @@ async fn three_member_cluster_survives_a_member_loss() {
     assert_routes_exactly(haproxy.http, &b.addrs).await;
     members[1].kill();
     // Two of three gone: no quorum, HAProxy keeps serving what it had.
-    assert_routes_exactly(haproxy.http, &b.addrs).await;
+    assert_keeps_routing(haproxy.http, &b.addrs, Duration::from_secs(3)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
