@@ -1,24 +1,16 @@
 //! dockreg: service discovery for Docker containers behind HAProxy, with etcd v3 between them.
 //!
-//! The library holds the domain; the two binaries are thin:
-//! - [`keys`] and [`endpoint`]: the etcd key layout and the endpoint model (untrusted input,
-//!   validated so nothing from etcd can inject HAProxy syntax);
-//! - [`catalog`]: every service's live endpoints plus the template context, kept incrementally;
-//! - [`render`]: the operator's Tera templates;
-//! - [`pipeline`]: debounce, render, validate, atomic write, reload;
-//! - [`etcd`], [`haproxy`], [`output`]: the I/O edges;
-//! - [`watcher`] and [`sidekick`]: the command lines of `dockreg-haproxy` and `dockreg`.
+//! The library holds the domain; the two binaries are thin. See `ARCHITECTURE.md` for the path
+//! of one change through it.
+//! - [`core`]: what both programs share — the key layout, the endpoint value, the etcd
+//!   connection, backoff, atomic files, logging and shutdown;
+//! - [`watcher`]: `dockreg-haproxy` — etcd source, catalog, rendering, the change pipeline;
+//! - [`haproxy`]: HAProxy's edge — configuration model, planner, admin and master sockets,
+//!   validation and reload;
+//! - [`sidekick`]: `dockreg` — Docker discovery, health checks, lease registration, wrapper.
 
-pub mod backoff;
-pub mod catalog;
-pub mod endpoint;
-pub mod etcd;
+pub mod core;
 pub mod haproxy;
-pub mod keys;
-pub mod output;
-pub mod pipeline;
-pub mod render;
-pub mod runtime;
 pub mod sidekick;
 pub mod watcher;
 

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = WatcherArgs::parse();
-    dockreg::runtime::init_logging(args.log_format);
+    dockreg::core::process::init_logging(args.log_format);
     match run(args).await {
         Ok(code) => code,
         Err(e) => {

@@ -11,7 +11,7 @@ async fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => e.exit(),
     };
-    dockreg::runtime::init_logging(args.log_format);
+    dockreg::core::process::init_logging(args.log_format);
     // The watcher may default to a local etcd; a sidekick must be told where etcd is.
     if matches.value_source("endpoints") == Some(ValueSource::DefaultValue) {
         eprintln!(

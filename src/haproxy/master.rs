@@ -159,7 +159,7 @@ impl MasterSocket {
     /// Reloads and waits for the outcome; returns the new worker's PID and how many older
     /// workers are still finishing their connections.
     ///
-    /// A master that is not there fails within [`MASTER_CHECK`], not `timeout`: while HAProxy
+    /// A master that is not there fails within half a second, not `timeout`: while HAProxy
     /// is down, the caller keeps the files following etcd and tries again soon.
     pub async fn reload(&self) -> Result<(u32, usize), ReloadError> {
         let before = self

@@ -1,15 +1,15 @@
 //! Talking to HAProxy: validating a candidate configuration with `haproxy -c`, reloading
 //! through the master CLI (confirmed through `show proc`) or an operator's command, deciding
 //! whether a change needs a reload at all ([`plan`]), and applying it through the runtime API
-//! when it does not ([`runtime`]).
+//! on the admin socket when it does not ([`admin`]).
 
+pub mod admin;
 mod master;
 pub mod plan;
 mod reload;
-pub mod runtime;
 mod validate;
 
+pub use admin::{RuntimeApplier, RuntimePath, RuntimeSocket, RuntimeUpdate};
 pub use master::{MasterSocket, ProcList};
 pub use reload::{Reload, ReloadError, Reloader};
-pub use runtime::{RuntimeApplier, RuntimePath, RuntimeSocket, RuntimeUpdate};
 pub use validate::{find_binary, CheckError, Validate, Validator};

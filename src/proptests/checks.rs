@@ -3,10 +3,10 @@
 //! built-in template and with a template that renders every metadata field.
 
 use super::{oracle, svc, PREFIX};
-use crate::catalog::Catalog;
-use crate::endpoint::{parse_value, MAX_WEIGHT};
-use crate::keys::{parse_endpoint_key, server_name};
-use crate::render::{Renderer, TemplateSpec};
+use crate::core::endpoint::{parse_value, MAX_WEIGHT};
+use crate::core::keys::{parse_endpoint_key, server_name};
+use crate::watcher::catalog::Catalog;
+use crate::watcher::render::{Renderer, TemplateSpec};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 

@@ -1,6 +1,6 @@
-//! Property tests for the untrusted-input path: etcd keys ([`crate::keys`]) and values
-//! ([`crate::endpoint`]) through the [`crate::catalog::Catalog`] to the rendered HAProxy
-//! configuration ([`crate::render`]).
+//! Property tests for the untrusted-input path: etcd keys ([`crate::core::keys`]) and values
+//! ([`crate::core::endpoint`]) through the [`crate::watcher::catalog::Catalog`] to the rendered HAProxy
+//! configuration ([`crate::watcher::render`]).
 //!
 //! They check that parsing never panics and accepts exactly what an independent [`oracle`]
 //! (the README's "Key layout" rules, written again) accepts; that every valid value is
@@ -17,9 +17,9 @@ mod checks;
 mod oracle;
 mod strategies;
 
-use crate::catalog::Catalog;
-use crate::endpoint::parse_value;
-use crate::keys::{parse_endpoint_key, server_name, KeyError, ServicePrefix};
+use crate::core::endpoint::parse_value;
+use crate::core::keys::{parse_endpoint_key, server_name, KeyError, ServicePrefix};
+use crate::watcher::catalog::Catalog;
 use checks::*;
 use proptest::prelude::*;
 use proptest::test_runner::Config;

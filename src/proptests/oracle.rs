@@ -16,7 +16,7 @@
 //! The oracle borrows only parsers that are not under test: the standard library's socket
 //! address parser and `serde_json`'s JSON parser.
 
-use crate::endpoint::Metadata;
+use crate::core::endpoint::Metadata;
 use serde_json::Value;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 

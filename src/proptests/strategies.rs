@@ -3,8 +3,8 @@
 //! 32 tags, IPv4-mapped and `::/96` IPv6, every character a word may not hold).
 
 use super::{oracle, svc, PREFIX};
-use crate::catalog::Catalog;
-use crate::endpoint::{Metadata, MAX_WEIGHT};
+use crate::core::endpoint::{Metadata, MAX_WEIGHT};
+use crate::watcher::catalog::Catalog;
 use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{json, Value};

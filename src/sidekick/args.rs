@@ -1,9 +1,9 @@
 //! The `dockreg` (sidekick) command line. The original 2014 tool's flags keep their names
 //! (`--etcd`, `--key`, `--port`, `--docker`, `--ip`) so its users can switch without relearning.
 
-use crate::etcd::EtcdArgs;
-use crate::keys::{ServicePrefix, DEFAULT_PREFIX};
-use crate::runtime::LogFormat;
+use crate::core::etcd::EtcdArgs;
+use crate::core::keys::{ServicePrefix, DEFAULT_PREFIX};
+use crate::core::process::LogFormat;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -106,7 +106,7 @@ pub struct SidekickArgs {
 
 impl SidekickArgs {
     /// The service prefix named by `--key`.
-    pub fn prefix(&self) -> Result<ServicePrefix, crate::keys::PrefixError> {
+    pub fn prefix(&self) -> Result<ServicePrefix, crate::core::keys::PrefixError> {
         ServicePrefix::parse(&self.key)
     }
 }

@@ -2,7 +2,7 @@
 //! connection), its failure classified (a lost lease is a state to recover from, a timeout or
 //! an unreachable etcd is a reason to retry later).
 
-use crate::etcd::is_lease_not_found;
+use crate::core::etcd::is_lease_not_found;
 use std::future::Future;
 use std::time::Duration;
 

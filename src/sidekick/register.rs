@@ -9,7 +9,7 @@
 
 use super::call::{within, CallError};
 use super::tasks::{keep_alive, watch_key, KeepAlive, Notice};
-use crate::etcd::ClusterId;
+use crate::core::etcd::ClusterId;
 use etcd_client::{Client, Compare, CompareOp, PutOptions, ResponseHeader, Txn, TxnOp};
 use std::time::Duration;
 use tokio::sync::mpsc;

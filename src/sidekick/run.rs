@@ -12,9 +12,9 @@ use super::docker::{discover, own_container_id, Discovered};
 use super::register::Registration;
 use super::tasks::Notice;
 use super::wrapper::{forwarded_signals, App};
-use crate::backoff::Backoff;
-use crate::endpoint::LEGACY_VALUE;
-use crate::keys::ServicePrefix;
+use crate::core::backoff::Backoff;
+use crate::core::endpoint::LEGACY_VALUE;
+use crate::core::keys::ServicePrefix;
 use anyhow::{bail, Context as _, Result};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -334,7 +334,7 @@ mod tests {
         assert_eq!(v["weight"], 50);
         assert_eq!(value(&args(&["--legacy-value"]), Some(&d)), "running");
         // What the sidekick writes, the watcher accepts.
-        assert!(crate::endpoint::parse_value(value(&args(&[]), Some(&d)).as_bytes()).is_ok());
+        assert!(crate::core::endpoint::parse_value(value(&args(&[]), Some(&d)).as_bytes()).is_ok());
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! Both report to the main loop through [`Notice`]s and never end on a mere network failure.
 
 use super::call::{within, CallError};
-use crate::backoff::Backoff;
-use crate::etcd::ClusterId;
+use crate::core::backoff::Backoff;
+use crate::core::etcd::ClusterId;
 use etcd_client::{Client, EventType};
 use std::time::Duration;
 use tokio::sync::mpsc;

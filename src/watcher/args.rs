@@ -1,10 +1,10 @@
 //! The `dockreg-haproxy` command line.
 
-use crate::etcd::EtcdArgs;
-use crate::keys::{ServicePrefix, DEFAULT_PREFIX};
-use crate::pipeline::Timing;
-use crate::render::TemplateSpec;
-use crate::runtime::LogFormat;
+use crate::core::etcd::EtcdArgs;
+use crate::core::keys::{ServicePrefix, DEFAULT_PREFIX};
+use crate::core::process::LogFormat;
+use crate::watcher::pipeline::Timing;
+use crate::watcher::render::TemplateSpec;
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 use std::time::Duration;

@@ -2,18 +2,22 @@
 //! its runtime API fast path, and the one-shot `--once` and `--dry-run` modes.
 
 pub mod args;
+pub mod catalog;
+pub mod pipeline;
+pub mod render;
+pub mod source;
 mod templates;
 
 pub use args::WatcherArgs;
 
-use crate::catalog::Catalog;
-use crate::etcd::{list_services, watch_services};
+use crate::core::files::unified_diff;
 use crate::haproxy::{
     MasterSocket, Reloader, RuntimeApplier, RuntimePath, RuntimeSocket, Validator,
 };
-use crate::output::unified_diff;
-use crate::pipeline::{Applied, Input, Pipeline};
-use crate::render::Renderer;
+use crate::watcher::catalog::Catalog;
+use crate::watcher::pipeline::{Applied, Input, Pipeline};
+use crate::watcher::render::Renderer;
+use crate::watcher::source::{list_services, watch_services};
 use anyhow::{anyhow, bail, Context as _, Result};
 use std::process::ExitCode;
 use tokio::sync::mpsc;
@@ -192,7 +196,9 @@ pub async fn run(args: WatcherArgs) -> Result<ExitCode> {
         outputs = ?pipeline.renderer.specs().iter().map(|s| s.output.display().to_string()).collect::<Vec<_>>(),
         "dockreg-haproxy started"
     );
-    let stats = pipeline.run(rx, crate::runtime::shutdown_signal()).await;
+    let stats = pipeline
+        .run(rx, crate::core::process::shutdown_signal())
+        .await;
     source.abort();
     forward.abort();
     tracing::info!(?stats, "stopped");
@@ -207,7 +213,7 @@ fn remove_stale_temporaries(
 ) -> Result<()> {
     let outputs = pipeline.renderer.specs().iter().map(|s| s.output.as_path());
     for target in outputs.chain(args.server_state_file.as_deref()) {
-        crate::output::remove_stale_temporaries(target)?;
+        crate::core::files::remove_stale_temporaries(target)?;
     }
     Ok(())
 }
@@ -237,7 +243,7 @@ async fn one_shot(
         for (spec, r) in pipeline.renderer.specs().iter().zip(rendered) {
             match r {
                 Ok(text) => {
-                    let live = crate::output::read_live(&spec.output)?;
+                    let live = crate::core::files::read_live(&spec.output)?;
                     if live.as_deref() == Some(text.as_str()) {
                         println!("{}: unchanged", spec.output.display());
                     } else {

@@ -3,7 +3,7 @@
 //! The folders are watched rather than the files: editors and `mv` replace a file with a new
 //! inode, which a watch on the file itself would lose.
 
-use crate::pipeline::Input;
+use crate::watcher::pipeline::Input;
 use anyhow::{Context as _, Result};
 use notify::{RecursiveMode, Watcher};
 use std::collections::BTreeSet;

@@ -11,9 +11,9 @@
 #![allow(dead_code)]
 
 use crate::harness::World;
-use dockreg::endpoint::parse_value;
-use dockreg::haproxy::runtime::ServerState;
-use dockreg::keys::{parse_endpoint_key, server_name, ServicePrefix};
+use dockreg::core::endpoint::parse_value;
+use dockreg::core::keys::{parse_endpoint_key, server_name, ServicePrefix};
+use dockreg::haproxy::admin::ServerState;
 use etcd_client::{Client, GetOptions};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

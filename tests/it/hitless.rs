@@ -101,7 +101,7 @@ async fn haproxy_servers(w: &World, backend: &str) -> Vec<(String, u32)> {
         .haproxy
         .admin(&format!("show servers state {backend}"))
         .await;
-    let state = dockreg::haproxy::runtime::ServerState::parse_all(&text).expect("server state");
+    let state = dockreg::haproxy::admin::ServerState::parse_all(&text).expect("server state");
     let mut v: Vec<_> = state.into_iter().map(|s| (s.name, s.admin_state)).collect();
     v.sort();
     v

@@ -127,7 +127,8 @@ async fn registers_within_a_second_and_follows_health() {
     let took = wait_key(&mut s.client, &key, true, Duration::from_secs(1), &c).await;
     eprintln!("docker run took {started:?}; key present {took:?} after it returned");
     let (v, _) = value(&mut s.client, &key).await.unwrap();
-    let meta = dockreg::endpoint::parse_value(v.as_bytes()).expect("the watcher accepts the value");
+    let meta =
+        dockreg::core::endpoint::parse_value(v.as_bytes()).expect("the watcher accepts the value");
     assert!(
         meta.container.is_some_and(|id| c.id.starts_with(&id)),
         "{v}"

@@ -33,7 +33,7 @@ async fn wait_new_lease(
                 .map_or(-1, |r| r.ttl());
             if ttl > 0 {
                 assert!(
-                    dockreg::endpoint::parse_value(v.as_bytes()).is_ok(),
+                    dockreg::core::endpoint::parse_value(v.as_bytes()).is_ok(),
                     "the watcher rejects the value {v:?}"
                 );
                 return (lease, t0.elapsed());

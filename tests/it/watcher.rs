@@ -366,7 +366,7 @@ async fn once_and_dry_run() {
     assert!(
         stdout.contains(&format!(
             "+    server {}",
-            dockreg::keys::server_name(b.addrs[0])
+            dockreg::core::keys::server_name(b.addrs[0])
         )),
         "{stdout}"
     );

@@ -1,6 +1,6 @@
 //! Unit tests of the planner: parsing, decision rules and the commands of each operation.
 use super::*;
-use crate::keys::server_name;
+use crate::core::keys::server_name;
 use std::net::SocketAddr;
 
 /// What templates/haproxy-backends.cfg.tera renders (the built-in template) for these

@@ -8,12 +8,12 @@
 //! byte-identical to Tera's rendering of `templates/haproxy-backends.cfg.tera`, which operators
 //! copy and which `--template` renders through Tera.
 
-use crate::catalog::{Catalog, Views};
+use crate::watcher::catalog::{Catalog, Views};
 use anyhow::{Context as _, Result};
 use std::path::{Path, PathBuf};
 
 /// The default template, shipped in `templates/` and built into the binary.
-pub const DEFAULT_TEMPLATE: &str = include_str!("../templates/haproxy-backends.cfg.tera");
+pub const DEFAULT_TEMPLATE: &str = include_str!("../../templates/haproxy-backends.cfg.tera");
 /// How the built-in default template is named in messages.
 pub const DEFAULT_TEMPLATE_NAME: &str = "<built-in templates/haproxy-backends.cfg.tera>";
 
@@ -243,7 +243,7 @@ pub fn render_builtin(catalog: &Catalog) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::ServicePrefix;
+    use crate::core::keys::ServicePrefix;
     use std::io::Write;
 
     fn catalog() -> Catalog {

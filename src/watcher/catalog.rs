@@ -7,9 +7,9 @@
 //! template (so rendering it is a concatenation of cached lines). An event therefore costs
 //! O(log n) plus the render, never a rebuild of 100,000 endpoints.
 
-use crate::endpoint::{parse_value, Endpoint};
-use crate::etcd::{KvChange, WatchEvent};
-use crate::keys::{parse_endpoint_key, server_name, ServicePrefix};
+use crate::core::endpoint::{parse_value, Endpoint};
+use crate::core::keys::{parse_endpoint_key, server_name, ServicePrefix};
+use crate::watcher::source::{KvChange, WatchEvent};
 use anyhow::{bail, Result};
 use serde_json::{json, Map, Value};
 use std::collections::HashSet;

@@ -102,7 +102,7 @@ impl RuntimeSocket {
             )
         })?;
         let saved = text.lines().count().saturating_sub(2);
-        crate::output::Staged::write(path, &text)
+        crate::core::files::Staged::write(path, &text)
             .and_then(|s| s.commit())
             .map_err(|e| format!("--server-state-file {}: {e}", path.display()))?;
         Ok((saved, dropped))

@@ -2,9 +2,9 @@
 //! fsynced, before anything reaches HAProxy), validate the whole set with HAProxy, then rename
 //! each candidate over its live file.
 
+use crate::core::files::Staged;
 use crate::haproxy::{CheckError, Validate};
-use crate::output::Staged;
-use crate::render::TemplateSpec;
+use crate::watcher::render::TemplateSpec;
 use std::path::PathBuf;
 
 /// Stages the changed outputs (`changed` indexes `specs` and `candidates`). An error names

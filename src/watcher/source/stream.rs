@@ -6,8 +6,8 @@
 use super::identity::{Observation, Stamp, StoreIdentity, Why};
 use super::list::list_stamped;
 use super::watch::{KvChange, WatchEvent};
-use crate::backoff::Backoff;
-use crate::keys::ServicePrefix;
+use crate::core::backoff::Backoff;
+use crate::core::keys::ServicePrefix;
 use anyhow::{anyhow, Result};
 use etcd_client::{Client, EventType, ResponseHeader, WatchOptions};
 use std::sync::{Arc, Mutex};

@@ -3,8 +3,8 @@
 
 use super::tests::{put, setup, snapshot, Setup};
 use super::*;
+use crate::haproxy::admin::BoxFuture;
 use crate::haproxy::plan::{Op, Server};
-use crate::haproxy::runtime::BoxFuture;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -179,7 +179,7 @@ async fn a_removal_and_a_weight_change_are_runtime_operations() {
         Input::Etcd(WatchEvent::Changes {
             service: 0,
             revision: 9,
-            changes: vec![crate::etcd::KvChange::Delete {
+            changes: vec![crate::watcher::source::KvChange::Delete {
                 key: b"/service/10.0.0.1:80".to_vec(),
             }],
         }),

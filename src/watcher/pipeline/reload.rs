@@ -17,7 +17,7 @@
 
 use super::diagnose;
 use super::Timing;
-use crate::backoff::Backoff;
+use crate::core::backoff::Backoff;
 use crate::haproxy::ReloadError;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime};

@@ -1,10 +1,10 @@
 //! Unit tests of the change pipeline with fake validation and reload seams.
 
 use super::*;
-use crate::catalog::Catalog;
-use crate::etcd::{KvChange, WatchEvent};
-use crate::keys::ServicePrefix;
-use crate::render::{Renderer, TemplateSpec};
+use crate::core::keys::ServicePrefix;
+use crate::watcher::catalog::Catalog;
+use crate::watcher::render::{Renderer, TemplateSpec};
+use crate::watcher::source::{KvChange, WatchEvent};
 use std::sync::{Arc, Mutex};
 
 /// Refuses candidates that contain `refuse`; fails to run `unavailable` more times; records

@@ -3,7 +3,7 @@
 
 use super::identity::{Observation, Stamp, StoreIdentity};
 use super::watch::WatchEvent;
-use crate::keys::ServicePrefix;
+use crate::core::keys::ServicePrefix;
 use anyhow::{anyhow, bail, Context as _, Result};
 use etcd_client::{Client, GetOptions};
 

@@ -21,7 +21,7 @@
 //! refuses after all ends in a reload of the files on disk, so HAProxy never stays diverged
 //! from them. Failures are isolated: a file that cannot be written leaves HAProxy as it is
 //! (retried with backoff, never reverted by a reload); a reload HAProxy refuses at load time
-//! is not repeated for changes that need none ([`reload::Schedule`]); a stopped HAProxy
+//! is not repeated for changes that need none (see `reload.rs`); a stopped HAProxy
 //! fails a reload in milliseconds, so the files keep following etcd meanwhile.
 
 pub mod debounce;
@@ -30,13 +30,13 @@ mod reload;
 pub mod route;
 mod write;
 
-use crate::backoff::Backoff;
-use crate::catalog::Catalog;
-use crate::etcd::WatchEvent;
+use crate::core::backoff::Backoff;
+use crate::core::files::read_live;
 use crate::haproxy::plan::Config;
 use crate::haproxy::{CheckError, Reload, ReloadError, RuntimeUpdate, Validate};
-use crate::output::read_live;
-use crate::render::Renderer;
+use crate::watcher::catalog::Catalog;
+use crate::watcher::render::Renderer;
+use crate::watcher::source::WatchEvent;
 use debounce::Debounce;
 use route::Routed;
 use std::path::{Path as FsPath, PathBuf};

@@ -1,0 +1,13 @@
+//! The watcher's source of truth: a consistent list-then-watch of every service prefix in
+//! etcd, which notices when the store it watches was wiped or restored and lists everything
+//! again.
+
+mod check;
+mod identity;
+mod list;
+mod stream;
+mod watch;
+
+pub use identity::{Observation, Stamp, StoreIdentity, Why};
+pub use list::list_services;
+pub use watch::{watch_services, KvChange, WatchEvent, CHECK_EVERY};
