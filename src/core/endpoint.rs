@@ -5,8 +5,12 @@
 //! `hostname`. Unknown fields are ignored so newer sidekicks can add some. Values are
 //! untrusted: every string that can reach a template is restricted to a character set that
 //! cannot form HAProxy syntax (no whitespace, no `#`, no quotes, no line breaks).
+//!
+//! [`EndpointValue`] is the wire form, the one contract between the two programs: the sidekick
+//! serializes it ([`EndpointValue::to_json`]), the watcher deserializes it and validates it
+//! into [`Metadata`] ([`parse_value`]).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
 /// Largest value accepted, in bytes. Sidekicks write well under 300.
@@ -54,16 +58,65 @@ impl Metadata {
     }
 }
 
-#[derive(Deserialize)]
-struct RawMetadata {
-    #[serde(default)]
-    weight: Option<u64>,
-    #[serde(default)]
-    tags: Vec<String>,
-    #[serde(default)]
-    container: Option<String>,
-    #[serde(default)]
-    hostname: Option<String>,
+/// The JSON value of an endpoint key, as written and read: what the sidekick serializes and
+/// the watcher deserializes before validating it ([`parse_value`]).
+///
+/// Absent fields are left out when written, so a value holds only what is known. Fields are
+/// declared in alphabetical order, which is the order they are written in (the sidekick's
+/// values have always had sorted keys: `{"container":…,"hostname":…,"weight":…}`). Unknown
+/// fields are ignored when read.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct EndpointValue {
+    /// The container's short id (12 hex digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The container's host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Wider than a weight so that an out-of-range one is reported as such
+    /// ([`ValueError::Weight`]), not as malformed JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u64>,
+}
+
+impl EndpointValue {
+    /// The value's JSON text, as the sidekick writes it into etcd.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a struct of strings and numbers serializes")
+    }
+
+    /// Checks the fields against the limits and the safe character set.
+    pub fn validate(self) -> Result<Metadata, ValueError> {
+        let weight = match self.weight {
+            Some(w) if w > u64::from(MAX_WEIGHT) => return Err(ValueError::Weight(w)),
+            Some(w) => Some(w as u16),
+            None => None,
+        };
+        if self.tags.len() > MAX_TAGS {
+            return Err(ValueError::TooManyTags);
+        }
+        let tags = self
+            .tags
+            .into_iter()
+            .map(|t| check_word("tag", t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let container = self
+            .container
+            .map(|c| check_word("container", c))
+            .transpose()?;
+        let hostname = self
+            .hostname
+            .map(|h| check_word("hostname", h))
+            .transpose()?;
+        Ok(Metadata {
+            weight,
+            tags,
+            container,
+            hostname,
+        })
+    }
 }
 
 fn check_word(field: &'static str, value: String) -> Result<String, ValueError> {
@@ -93,34 +146,9 @@ pub fn parse_value(raw: &[u8]) -> Result<Metadata, ValueError> {
     if !json.is_object() {
         return Err(ValueError::NotJson("not an object".into()));
     }
-    let parsed = RawMetadata::deserialize(json).map_err(|e| ValueError::NotJson(e.to_string()))?;
-    let weight = match parsed.weight {
-        Some(w) if w > u64::from(MAX_WEIGHT) => return Err(ValueError::Weight(w)),
-        Some(w) => Some(w as u16),
-        None => None,
-    };
-    if parsed.tags.len() > MAX_TAGS {
-        return Err(ValueError::TooManyTags);
-    }
-    let tags = parsed
-        .tags
-        .into_iter()
-        .map(|t| check_word("tag", t))
-        .collect::<Result<Vec<_>, _>>()?;
-    let container = parsed
-        .container
-        .map(|c| check_word("container", c))
-        .transpose()?;
-    let hostname = parsed
-        .hostname
-        .map(|h| check_word("hostname", h))
-        .transpose()?;
-    Ok(Metadata {
-        weight,
-        tags,
-        container,
-        hostname,
-    })
+    EndpointValue::deserialize(json)
+        .map_err(|e| ValueError::NotJson(e.to_string()))?
+        .validate()
 }
 
 /// One live backend of a service: its address and metadata.
@@ -186,5 +214,34 @@ mod tests {
             parse_value(&big),
             Err(ValueError::TooLarge(MAX_VALUE_BYTES + 1))
         );
+    }
+
+    #[test]
+    fn value_round_trips_with_sorted_keys() {
+        let value = EndpointValue {
+            container: Some("0123456789ab".into()),
+            hostname: Some("web-1".into()),
+            tags: vec!["v2".into(), "zone=a".into()],
+            weight: Some(50),
+        };
+        let text = value.to_json();
+        assert_eq!(
+            text,
+            r#"{"container":"0123456789ab","hostname":"web-1","tags":["v2","zone=a"],"weight":50}"#
+        );
+        let back: EndpointValue = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, value);
+        assert_eq!(
+            parse_value(text.as_bytes()).unwrap(),
+            Metadata {
+                weight: Some(50),
+                tags: vec!["v2".into(), "zone=a".into()],
+                container: Some("0123456789ab".into()),
+                hostname: Some("web-1".into()),
+            }
+        );
+        // Absent fields are left out, so an empty value is `{}`.
+        assert_eq!(EndpointValue::default().to_json(), "{}");
+        assert_eq!(parse_value(b"{}").unwrap(), Metadata::default());
     }
 }

@@ -13,7 +13,7 @@ use super::register::Registration;
 use super::tasks::Notice;
 use super::wrapper::{forwarded_signals, App};
 use crate::core::backoff::Backoff;
-use crate::core::endpoint::LEGACY_VALUE;
+use crate::core::endpoint::{EndpointValue, LEGACY_VALUE};
 use crate::core::keys::ServicePrefix;
 use anyhow::{bail, Context as _, Result};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -56,25 +56,18 @@ impl Source {
     }
 }
 
-/// The value to write: JSON metadata, or the legacy `running`.
+/// The value to write: JSON metadata ([`EndpointValue`]), or the legacy `running`.
 fn value(args: &SidekickArgs, found: Option<&Discovered>) -> String {
     if args.legacy_value {
         return LEGACY_VALUE.to_string();
     }
-    let mut meta = serde_json::Map::new();
-    if let Some(d) = found {
-        meta.insert(
-            "container".into(),
-            d.container_id.chars().take(12).collect::<String>().into(),
-        );
-        if !d.hostname.is_empty() {
-            meta.insert("hostname".into(), d.hostname.clone().into());
-        }
+    EndpointValue {
+        container: found.map(|d| d.container_id.chars().take(12).collect()),
+        hostname: found.map(|d| d.hostname.clone()).filter(|h| !h.is_empty()),
+        tags: Vec::new(),
+        weight: args.weight.map(u64::from),
     }
-    if let Some(w) = args.weight {
-        meta.insert("weight".into(), w.into());
-    }
-    serde_json::Value::Object(meta).to_string()
+    .to_json()
 }
 
 fn check_of(args: &SidekickArgs) -> Result<Check> {
@@ -335,6 +328,30 @@ mod tests {
         assert_eq!(value(&args(&["--legacy-value"]), Some(&d)), "running");
         // What the sidekick writes, the watcher accepts.
         assert!(crate::core::endpoint::parse_value(value(&args(&[]), Some(&d)).as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn value_bytes_are_the_ones_written_before_the_shared_type() {
+        // The hand-built serde_json map wrote sorted keys and left out what was unknown.
+        let d = Discovered {
+            addr: "10.0.0.1:32768".parse().unwrap(),
+            container_id: "0123456789abcdef0123".into(),
+            hostname: "web-1".into(),
+        };
+        assert_eq!(
+            value(&args(&["--weight", "50"]), Some(&d)),
+            r#"{"container":"0123456789ab","hostname":"web-1","weight":50}"#
+        );
+        let unnamed = Discovered {
+            hostname: String::new(),
+            ..d
+        };
+        assert_eq!(
+            value(&args(&[]), Some(&unnamed)),
+            r#"{"container":"0123456789ab"}"#
+        );
+        assert_eq!(value(&args(&["--weight", "0"]), None), r#"{"weight":0}"#);
+        assert_eq!(value(&args(&[]), None), "{}");
     }
 
     #[test]
