@@ -1,7 +1,9 @@
 //! `dockreg`: the registration sidekick.
 
+#![forbid(unsafe_code)]
+
 use clap::{parser::ValueSource, CommandFactory, FromArgMatches};
-use dockreg::sidekick::{run, SidekickArgs};
+use dockreg::sidekick::{run, stop_signal, SidekickArgs};
 use std::process::ExitCode;
 
 #[tokio::main]
@@ -19,7 +21,7 @@ async fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    match run(args).await {
+    match run(args, stop_signal()).await {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             tracing::error!("{e:#}");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 /// Health check kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum CheckKind {
+pub(crate) enum CheckKind {
     /// The app's port accepts a TCP connection.
     Tcp,
     /// An HTTP GET of --check-path answers with an accepted status.
@@ -22,78 +22,78 @@ pub enum CheckKind {
 #[command(name = "dockreg", version, about, long_about = None)]
 pub struct SidekickArgs {
     #[command(flatten)]
-    pub etcd: EtcdArgs,
+    pub(crate) etcd: EtcdArgs,
 
     /// Service name (key prefix): the endpoint is registered as `/<key>/<ip>:<port>`.
     #[arg(long, env = "DOCKREG_KEY", default_value = DEFAULT_PREFIX)]
-    pub key: String,
+    pub(crate) key: String,
 
     /// Container port the app listens on (its published host port is registered).
     #[arg(long, env = "DOCKREG_PORT")]
-    pub port: u16,
+    pub(crate) port: u16,
 
     /// Docker Engine API socket.
     #[arg(long, env = "DOCKREG_DOCKER", default_value = "/var/run/docker.sock")]
-    pub docker: PathBuf,
+    pub(crate) docker: PathBuf,
 
     /// Host IP to register; otherwise the port binding's HostIp (0.0.0.0 or :: need --ip).
     #[arg(long, env = "IP")]
-    pub ip: Option<IpAddr>,
+    pub(crate) ip: Option<IpAddr>,
 
     /// Register this host port directly instead of asking Docker (hosts without Docker, or
     /// host networking); needs --ip.
     #[arg(long, env = "DOCKREG_HOST_PORT", requires = "ip")]
-    pub host_port: Option<u16>,
+    pub(crate) host_port: Option<u16>,
 
     /// Own container id (otherwise found through /proc/self/mountinfo, /proc/self/cgroup, then
     /// the hostname).
     #[arg(long, env = "DOCKREG_CONTAINER")]
-    pub container: Option<String>,
+    pub(crate) container: Option<String>,
 
     /// Health check interval.
     #[arg(long, env = "DOCKREG_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub interval: Duration,
+    pub(crate) interval: Duration,
 
     /// Health check timeout.
     #[arg(long, env = "DOCKREG_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 
     /// Health check kind.
     #[arg(long, env = "DOCKREG_CHECK", value_enum, default_value = "tcp")]
-    pub check: CheckKind,
+    pub(crate) check: CheckKind,
 
     /// Path for --check http.
     #[arg(long, env = "DOCKREG_CHECK_PATH", default_value = "/")]
-    pub check_path: String,
+    pub(crate) check_path: String,
 
     /// Accepted HTTP statuses for --check http: codes and ranges, comma-separated.
     #[arg(long, env = "DOCKREG_CHECK_STATUS", default_value = "200-399")]
-    pub check_status: String,
+    pub(crate) check_status: String,
 
     /// Consecutive successes that put the key back after a failure.
     #[arg(long, env = "DOCKREG_RISE", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
-    pub rise: u32,
+    pub(crate) rise: u32,
 
     /// Consecutive failures that remove the key.
     #[arg(long, env = "DOCKREG_FALL", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
-    pub fall: u32,
+    pub(crate) fall: u32,
 
     /// Lease TTL: how long the key outlives a sidekick that died without cleaning up.
     #[arg(long, env = "DOCKREG_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub ttl: Duration,
+    pub(crate) ttl: Duration,
 
     /// Weight written into the value (0-256).
     #[arg(long, env = "DOCKREG_WEIGHT", value_parser = clap::value_parser!(u16).range(0..=256))]
-    pub weight: Option<u16>,
+    pub(crate) weight: Option<u16>,
 
     /// Write the legacy value `running` instead of JSON metadata.
     #[arg(long, env = "DOCKREG_LEGACY_VALUE")]
-    pub legacy_value: bool,
+    pub(crate) legacy_value: bool,
 
     /// Wrapper mode: on SIGTERM, deregister, wait this long for HAProxy to stop sending new
     /// requests, then pass the signal to the app.
     #[arg(long, env = "DOCKREG_DRAIN", default_value = "2s", value_parser = humantime::parse_duration)]
-    pub drain: Duration,
+    pub(crate) drain: Duration,
 
     /// Log format.
     #[arg(long, env = "DOCKREG_LOG_FORMAT", value_enum, default_value = "text")]
@@ -101,12 +101,12 @@ pub struct SidekickArgs {
 
     /// Wrapper mode: the app command to start as a child (after `--`).
     #[arg(last = true)]
-    pub command: Vec<String>,
+    pub(crate) command: Vec<String>,
 }
 
 impl SidekickArgs {
     /// The service prefix named by `--key`.
-    pub fn prefix(&self) -> Result<ServicePrefix, crate::core::keys::PrefixError> {
+    pub(crate) fn prefix(&self) -> Result<ServicePrefix, crate::core::keys::PrefixError> {
         ServicePrefix::parse(&self.key)
     }
 }

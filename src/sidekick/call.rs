@@ -8,7 +8,7 @@ use std::time::Duration;
 
 /// Why an etcd call of the sidekick failed; each names the call.
 #[derive(Debug, thiserror::Error)]
-pub enum CallError {
+pub(crate) enum CallError {
     /// etcd did not answer in time (unreachable, partitioned, overloaded).
     #[error("{what}: etcd did not answer within {after:?}")]
     Timeout { what: String, after: Duration },
@@ -28,7 +28,7 @@ pub enum CallError {
 
 impl CallError {
     /// Whether the lease in use is lost: forget it and grant a new one.
-    pub fn lease_lost(&self) -> bool {
+    pub(crate) fn lease_lost(&self) -> bool {
         matches!(
             self,
             CallError::LeaseGone { .. } | CallError::ClusterChanged { .. }
@@ -37,7 +37,7 @@ impl CallError {
 }
 
 /// Runs `fut` (an etcd call described by `what`) for at most `deadline`.
-pub async fn within<T>(
+pub(crate) async fn within<T>(
     what: &str,
     deadline: Duration,
     fut: impl Future<Output = Result<T, etcd_client::Error>>,

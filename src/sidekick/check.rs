@@ -22,11 +22,11 @@ const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 
 /// Accepted HTTP statuses, parsed from "200-399,404".
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatusSet(Vec<(u16, u16)>);
+pub(crate) struct StatusSet(Vec<(u16, u16)>);
 
 impl StatusSet {
     /// Whether `code` is one of the accepted statuses.
-    pub fn contains(&self, code: u16) -> bool {
+    pub(crate) fn contains(&self, code: u16) -> bool {
         self.0.iter().any(|&(lo, hi)| lo <= code && code <= hi)
     }
 }
@@ -93,7 +93,7 @@ impl fmt::Display for StatusSet {
 
 /// What one probe checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Check {
+pub(crate) enum Check {
     /// The port accepts a TCP connection.
     Tcp,
     /// `GET <path>` answers with a status in `statuses`.
@@ -104,7 +104,7 @@ impl Check {
     /// An HTTP check, refusing a path that cannot go into a request line (it must start with
     /// `/` and hold no whitespace or control characters). Use it at start-up so a bad
     /// `--check-path` is a clear error there rather than a failure of every probe.
-    pub fn http(path: impl Into<String>, statuses: StatusSet) -> Result<Self, String> {
+    pub(crate) fn http(path: impl Into<String>, statuses: StatusSet) -> Result<Self, String> {
         let path = path.into();
         validate_path(&path)?;
         Ok(Self::Http { path, statuses })
@@ -124,7 +124,11 @@ fn validate_path(path: &str) -> Result<(), String> {
 }
 
 /// One probe of `addr`, bounded by `timeout` in total. Err says why, e.g. "tcp 127.0.0.1:8000: connection refused", "http GET /health on 127.0.0.1:8000: status 503 not in 200-399", "...: timed out after 3s".
-pub async fn probe(check: &Check, addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+pub(crate) async fn probe(
+    check: &Check,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(), String> {
     let (what, outcome) = match check {
         Check::Tcp => (
             format!("tcp {addr}"),
@@ -262,7 +266,7 @@ fn io_reason(e: io::Error) -> String {
 
 /// The app's health as the sidekick sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
+pub(crate) enum Health {
     /// No check has run yet.
     Unknown,
     Up,
@@ -271,7 +275,7 @@ pub enum Health {
 
 /// Rise/fall hysteresis. From Unknown the first result decides at once (a first success is Up right away: registration must not wait for `rise` checks at start; a first failure is Down). From Up, `fall` consecutive failures make it Down; from Down, `rise` consecutive successes make it Up. A result that breaks a streak resets it.
 #[derive(Debug, Clone)]
-pub struct Hysteresis {
+pub(crate) struct Hysteresis {
     rise: u32,
     fall: u32,
     health: Health,
@@ -282,7 +286,7 @@ pub struct Hysteresis {
 
 impl Hysteresis {
     /// `rise` and `fall` of 0 are treated as 1.
-    pub fn new(rise: u32, fall: u32) -> Self {
+    pub(crate) fn new(rise: u32, fall: u32) -> Self {
         Self {
             rise: rise.max(1),
             fall: fall.max(1),
@@ -292,7 +296,7 @@ impl Hysteresis {
     }
 
     /// Records one result; returns the new health when it changed.
-    pub fn observe(&mut self, ok: bool) -> Option<Health> {
+    pub(crate) fn observe(&mut self, ok: bool) -> Option<Health> {
         let (against, threshold, flipped) = match self.health {
             Health::Unknown => {
                 self.health = if ok { Health::Up } else { Health::Down };
@@ -315,7 +319,7 @@ impl Hysteresis {
         Some(flipped)
     }
 
-    pub fn health(&self) -> Health {
+    pub(crate) fn health(&self) -> Health {
         self.health
     }
 }

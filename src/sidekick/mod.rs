@@ -1,15 +1,31 @@
 //! `dockreg`, the registration sidekick: find the app's published host port through the Docker
 //! Engine API, health-check the app, and keep `/<service>/<host-ip>:<host-port>` in etcd under
 //! a lease exactly while the app can serve.
+//!
+//! - `args`: the command line ([`SidekickArgs`]);
+//! - `run`: the main loop, [`run`](fn@run)`(args, shutdown)`;
+//! - `signals`: what stops it ([`stop_signal`]) and what is forwarded to the app;
+//! - `check`: the health checks (TCP, HTTP) and their rise/fall hysteresis;
+//! - `register`, `tasks`, `call`: the lease, the key under it, the keepalive and key watch,
+//!   each etcd call bounded by a deadline;
+//! - `docker`: the own container id, the Engine API client, binding selection;
+//! - `wrapper`: the app as a child process (wrapper mode).
+//!
+//! Only what the binary needs is public; no `unsafe` (the wrapper's `waitpid` and `kill` go
+//! through `rustix`).
 
-pub mod args;
-pub mod call;
-pub mod check;
-pub mod docker;
-pub mod register;
-pub mod run;
-pub mod tasks;
-pub mod wrapper;
+#![forbid(unsafe_code)]
 
-pub use args::{CheckKind, SidekickArgs};
+mod args;
+mod call;
+mod check;
+mod docker;
+mod register;
+mod run;
+mod signals;
+mod tasks;
+mod wrapper;
+
+pub use args::SidekickArgs;
 pub use run::run;
+pub use signals::{stop_signal, StopSignal};

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// The registration of one key.
-pub struct Registration {
+pub(crate) struct Registration {
     client: Client,
     ttl: Duration,
     /// Deadline of every etcd call but the ones on the stop path.
@@ -39,7 +39,7 @@ pub struct Registration {
 impl Registration {
     /// A registration using `client`, each call bounded by `deadline`; background tasks
     /// report to `notices`.
-    pub fn new(
+    pub(crate) fn new(
         client: Client,
         ttl: Duration,
         deadline: Duration,
@@ -62,12 +62,12 @@ impl Registration {
     }
 
     /// The key held, if any.
-    pub fn registered(&self) -> Option<&str> {
+    pub(crate) fn registered(&self) -> Option<&str> {
         self.registered.as_deref()
     }
 
     /// The lease in use, if any.
-    pub fn lease(&self) -> Option<i64> {
+    pub(crate) fn lease(&self) -> Option<i64> {
         self.lease
     }
 
@@ -131,7 +131,7 @@ impl Registration {
     /// previous sidekick that died without cleaning up) is not taken over: this one stands by
     /// and registers when that key goes away. Returns whether the key is now ours. A lease etcd
     /// no longer has is replaced by a new one at once.
-    pub async fn register(&mut self, key: &str, value: &str) -> Result<bool, CallError> {
+    pub(crate) async fn register(&mut self, key: &str, value: &str) -> Result<bool, CallError> {
         if let Some(old) = self.registered.clone().filter(|k| k != key) {
             // The endpoint moved (new host port after a restart): drop the old key first.
             self.deregister_key(&old).await?;
@@ -185,7 +185,7 @@ impl Registration {
     }
 
     /// Whether the key is held by someone else and this sidekick waits for it to go away.
-    pub fn standby(&self) -> bool {
+    pub(crate) fn standby(&self) -> bool {
         self.standby
     }
 
@@ -207,7 +207,7 @@ impl Registration {
 
     /// Deletes the registered key, but only while it still holds our lease (a key that another
     /// sidekick has taken over is left alone).
-    pub async fn deregister(&mut self) -> Result<(), CallError> {
+    pub(crate) async fn deregister(&mut self) -> Result<(), CallError> {
         match self.registered.clone() {
             Some(key) => self.deregister_key(&key).await,
             None => Ok(()),
@@ -232,7 +232,7 @@ impl Registration {
     }
 
     /// Whether `key` still exists under our lease (after a watch break).
-    pub async fn holds(&mut self, key: &str) -> Result<bool, CallError> {
+    pub(crate) async fn holds(&mut self, key: &str) -> Result<bool, CallError> {
         let what = format!("reading etcd key \"{key}\"");
         let mut c = self.client.clone();
         let resp = within(&what, self.deadline, c.get(key, None)).await?;
@@ -244,13 +244,13 @@ impl Registration {
     }
 
     /// The key is known gone (deleted, or its lease lost): register again, even from standby.
-    pub fn forget_key(&mut self) {
+    pub(crate) fn forget_key(&mut self) {
         self.registered = None;
         self.standby = false;
     }
 
     /// The lease is known gone: the next register grants a new one.
-    pub fn forget_lease(&mut self, id: i64) {
+    pub(crate) fn forget_lease(&mut self, id: i64) {
         if self.lease == Some(id) {
             self.drop_lease("the keepalive says so");
         }
@@ -278,7 +278,7 @@ impl Registration {
 
     /// Revokes the lease within `deadline`: etcd deletes every key under it at once. A lease
     /// etcd no longer has is not an error (its keys are gone with it).
-    pub async fn revoke(&mut self, deadline: Duration) -> Result<(), CallError> {
+    pub(crate) async fn revoke(&mut self, deadline: Duration) -> Result<(), CallError> {
         if let Some((_, w)) = self.watch.take() {
             w.abort();
         }

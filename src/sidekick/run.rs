@@ -3,28 +3,30 @@
 //! Level-triggered: every check result, notice from etcd and retry leads to one `reconcile`,
 //! which makes etcd match what health says (key present under our lease while Up, absent
 //! otherwise). Failed etcd calls are retried with jittered backoff, not only at the next check.
-//! Every etcd call has a deadline, and SIGTERM/SIGINT cancel one in flight: stopping never
-//! waits on an unreachable etcd for longer than [`STOP_DEADLINE`].
+//! Every etcd call has a deadline, and the shutdown future (SIGTERM/SIGINT in the binary,
+//! [`stop_signal`](super::stop_signal)) cancels one in flight: stopping never waits on an unreachable etcd for
+//! longer than [`STOP_DEADLINE`].
 
 use super::args::{CheckKind, SidekickArgs};
 use super::check::{probe, Check, Health, Hysteresis};
 use super::docker::{discover, own_container_id, Discovered};
 use super::register::Registration;
+use super::signals::{forwarded_signals, StopSignal};
 use super::tasks::Notice;
-use super::wrapper::{forwarded_signals, App};
+use super::wrapper::App;
 use crate::core::backoff::Backoff;
 use crate::core::endpoint::{EndpointValue, LEGACY_VALUE};
-use crate::core::keys::ServicePrefix;
 use anyhow::{bail, Context as _, Result};
+use rustix::process::Signal;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Deadline of each etcd call on the stop path (revoking the lease): the app's SIGTERM must
 /// not wait on an unreachable etcd.
-pub const STOP_DEADLINE: Duration = Duration::from_secs(1);
+pub(crate) const STOP_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Where the registered address comes from.
 enum Source {
@@ -106,15 +108,24 @@ fn source_of(args: &SidekickArgs) -> Result<Source> {
 
 /// Why the loop ended.
 enum End {
-    /// SIGTERM/SIGINT (the number), to pass on to the app in wrapper mode.
-    Signal(libc::c_int),
+    /// The shutdown future resolved: SIGTERM/SIGINT, to pass on to the app in wrapper mode.
+    Signal(StopSignal),
     /// The app exited with this status (wrapper mode).
     AppExited(i32),
 }
 
-/// Runs the sidekick; returns the process exit code.
-pub async fn run(args: SidekickArgs) -> Result<i32> {
-    let prefix = ServicePrefix::parse(&args.key).map_err(|e| anyhow::anyhow!("--key: {e}"))?;
+/// Runs the sidekick until `shutdown` resolves or, in wrapper mode, the app exits; returns
+/// the process exit code (the app's status in wrapper mode, else 0).
+///
+/// `shutdown` says which signal stopped the sidekick (passed on to the app after the drain)
+/// and is first polled when the main loop starts, after discovery, the app's start and the
+/// etcd connection; the binary gives it [`stop_signal`](super::stop_signal), which installs its handlers then. Its
+/// error (a handler that cannot be installed) ends `run` with that error.
+pub async fn run(
+    args: SidekickArgs,
+    shutdown: impl Future<Output = Result<StopSignal>>,
+) -> Result<i32> {
+    let prefix = args.prefix().map_err(|e| anyhow::anyhow!("--key: {e}"))?;
     args.etcd.validate()?;
     let check = check_of(&args)?;
     if args.timeout >= args.interval {
@@ -139,14 +150,13 @@ pub async fn run(args: SidekickArgs) -> Result<i32> {
     let mut health = Hysteresis::new(args.rise, args.fall);
     let target = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.port);
 
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::pin!(shutdown);
     let mut forwarded = if app.is_some() {
         forwarded_signals()?
     } else {
         Vec::new()
     };
-    let (fwd_tx, mut fwd_rx) = mpsc::channel::<libc::c_int>(8);
+    let (fwd_tx, mut fwd_rx) = mpsc::channel::<Signal>(8);
     for (n, mut s) in forwarded.drain(..) {
         let tx = fwd_tx.clone();
         tokio::spawn(async move {
@@ -183,8 +193,7 @@ pub async fn run(args: SidekickArgs) -> Result<i32> {
             }
         };
         tokio::select! {
-            _ = term.recv() => break End::Signal(libc::SIGTERM),
-            _ = int.recv() => break End::Signal(libc::SIGINT),
+            stop = &mut shutdown => break End::Signal(stop?),
             status = app_exit => break End::AppExited(status),
             Some(sig) = fwd_rx.recv() => {
                 if let Some(a) = &app { a.signal(sig); }
@@ -267,8 +276,7 @@ pub async fn run(args: SidekickArgs) -> Result<i32> {
         };
         let outcome = tokio::select! {
             outcome = reconcile => outcome,
-            _ = term.recv() => break End::Signal(libc::SIGTERM),
-            _ = int.recv() => break End::Signal(libc::SIGINT),
+            stop = &mut shutdown => break End::Signal(stop?),
         };
         match outcome {
             Ok(()) => retry.reset(),
@@ -295,7 +303,7 @@ pub async fn run(args: SidekickArgs) -> Result<i32> {
         (End::Signal(sig), Some(mut a)) => {
             tracing::info!(drain = ?args.drain, "deregistered; draining before stopping the app");
             tokio::time::sleep_until(drained_at).await;
-            a.signal(sig);
+            a.signal(sig.signal());
             let status = a.wait().await;
             tracing::info!(status, "app exited");
             Ok(status)

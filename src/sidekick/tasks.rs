@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 /// Something the background tasks noticed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Notice {
+pub(crate) enum Notice {
     /// The lease is gone (expired while etcd was unreachable, revoked, or its cluster replaced).
     LeaseLost(i64),
     /// The registered key was deleted (by an operator, a restore, another sidekick).
@@ -20,16 +20,16 @@ pub enum Notice {
 }
 
 /// What the keepalive of one lease needs.
-pub struct KeepAlive {
-    pub client: Client,
-    pub id: i64,
-    pub ttl: Duration,
+pub(crate) struct KeepAlive {
+    pub(crate) client: Client,
+    pub(crate) id: i64,
+    pub(crate) ttl: Duration,
     /// Deadline for opening the keepalive stream.
-    pub deadline: Duration,
-    pub cluster: ClusterId,
+    pub(crate) deadline: Duration,
+    pub(crate) cluster: ClusterId,
     /// The cluster epoch the lease was granted in.
-    pub epoch: u64,
-    pub notices: mpsc::Sender<Notice>,
+    pub(crate) epoch: u64,
+    pub(crate) notices: mpsc::Sender<Notice>,
 }
 
 /// Why a keepalive round ended.
@@ -43,7 +43,7 @@ enum Round {
 /// Keeps the lease alive every TTL/3 until it is known gone: etcd answers that it does not
 /// exist (TTL 0 or "lease not found"), or a different cluster answers. A broken or silent
 /// stream is re-opened with jittered backoff; opening it has a deadline.
-pub async fn keep_alive(k: KeepAlive) {
+pub(crate) async fn keep_alive(k: KeepAlive) {
     let every = (k.ttl / 3).max(Duration::from_millis(500));
     // Retrying a keepalive is cheap (not a raft write): never wait longer than a normal round.
     let mut backoff = Backoff::new(Duration::from_millis(100), every).with_jitter(0.5);
@@ -115,7 +115,7 @@ async fn round(k: &KeepAlive, every: Duration, backoff: &mut Backoff) -> Round {
 
 /// Watches `key` and reports its deletion; each time the watch (re)starts, asks for a resync.
 /// A different cluster seen in a watch response asks for a resync too.
-pub async fn watch_key(
+pub(crate) async fn watch_key(
     client: Client,
     key: String,
     deadline: Duration,

@@ -2,25 +2,28 @@
 //! supervisor is needed in the container. Signals are forwarded to the app; as PID 1 every
 //! orphan is reaped; on SIGTERM/SIGINT the sidekick first deregisters, waits `--drain` so
 //! HAProxy stops sending new requests, then passes the signal on and exits with the app's
-//! status.
+//! status. Which signals are forwarded, and which stop the sidekick: [`super::signals`].
+//!
+//! `waitpid` and `kill` go through `rustix`'s safe wrappers, so this needs no `unsafe`.
 
 use anyhow::{bail, Context as _, Result};
+use rustix::process::{kill_process, wait, Pid, Signal, WaitOptions, WaitStatus};
 use std::process::Command;
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::signal::unix::{signal, SignalKind};
 
 /// The app child process.
-pub struct App {
-    pid: libc::pid_t,
+pub(crate) struct App {
+    pid: Pid,
     status: Option<i32>,
-    sigchld: Signal,
+    sigchld: tokio::signal::unix::Signal,
 }
 
 /// An exit status as a shell reports it: the code, or 128 + the signal.
-fn decode(status: libc::c_int) -> i32 {
-    if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else if libc::WIFSIGNALED(status) {
-        128 + libc::WTERMSIG(status)
+fn decode(status: WaitStatus) -> i32 {
+    if let Some(code) = status.exit_status() {
+        code
+    } else if let Some(sig) = status.terminating_signal() {
+        128 + sig
     } else {
         1
     }
@@ -28,7 +31,7 @@ fn decode(status: libc::c_int) -> i32 {
 
 impl App {
     /// Starts `command` with the sidekick's stdio and environment.
-    pub fn start(command: &[String]) -> Result<App> {
+    pub(crate) fn start(command: &[String]) -> Result<App> {
         let Some((program, args)) = command.split_first() else {
             bail!("no app command after --");
         };
@@ -38,10 +41,10 @@ impl App {
             .args(args)
             .spawn()
             .with_context(|| format!("starting the app {program:?}"))?;
-        let pid = child.id() as libc::pid_t;
+        let pid = Pid::from_child(&child);
         // The child is reaped below with waitpid (the std handle would never wait for it).
         drop(child);
-        tracing::info!(pid, command = ?command, "app started");
+        tracing::info!(pid = pid.as_raw_pid(), command = ?command, "app started");
         Ok(App {
             pid,
             status: None,
@@ -51,13 +54,11 @@ impl App {
 
     /// Reaps every exited child (orphans too, when PID 1); records the app's status.
     fn reap(&mut self) {
-        loop {
-            let mut status: libc::c_int = 0;
-            // SAFETY: waitpid with a valid pointer to a c_int; WNOHANG never blocks.
-            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-            if pid <= 0 {
-                return;
-            }
+        // waitpid(-1, WNOHANG): any child, without blocking (rustix's `waitpid(None, ..)` would
+        // be waitpid(0, ..), only the own process group: orphans re-parented to PID 1 are
+        // not in it). An error (no children left) ends the round as `None` (nothing more to
+        // reap) does.
+        while let Ok(Some((pid, status))) = wait(WaitOptions::NOHANG) {
             if pid == self.pid {
                 self.status = Some(decode(status));
             }
@@ -65,7 +66,7 @@ impl App {
     }
 
     /// Waits until the app exits; returns its status.
-    pub async fn wait(&mut self) -> i32 {
+    pub(crate) async fn wait(&mut self) -> i32 {
         loop {
             self.reap();
             if let Some(s) = self.status {
@@ -75,41 +76,26 @@ impl App {
         }
     }
 
-    /// The app's status if it has exited.
-    pub fn try_status(&mut self) -> Option<i32> {
-        self.reap();
-        self.status
-    }
-
-    /// Sends `sig` to the app.
-    pub fn signal(&self, sig: libc::c_int) {
+    /// Sends `sig` to the app (unless it has been reaped: its pid may be reused).
+    pub(crate) fn signal(&self, sig: Signal) {
         if self.status.is_none() {
-            // SAFETY: kill(2) with the pid of our own, not yet reaped, child.
-            unsafe {
-                libc::kill(self.pid, sig);
-            }
+            // Like kill(2) before: a failure (the app already gone) is not reported.
+            let _ = kill_process(self.pid, sig);
         }
     }
-}
-
-/// Signals forwarded to the app as they arrive (SIGTERM and SIGINT are handled apart: they
-/// deregister first).
-pub fn forwarded_signals() -> Result<Vec<(libc::c_int, Signal)>> {
-    [
-        (libc::SIGHUP, SignalKind::hangup()),
-        (libc::SIGUSR1, SignalKind::user_defined1()),
-        (libc::SIGUSR2, SignalKind::user_defined2()),
-        (libc::SIGQUIT, SignalKind::quit()),
-        (libc::SIGWINCH, SignalKind::window_change()),
-    ]
-    .into_iter()
-    .map(|(n, k)| Ok((n, signal(k).context("installing a signal handler")?)))
-    .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl App {
+        /// The app's status if it has exited.
+        fn try_status(&mut self) -> Option<i32> {
+            self.reap();
+            self.status
+        }
+    }
 
     #[tokio::test]
     async fn exit_status_and_signals_reach_the_caller() {
@@ -117,7 +103,7 @@ mod tests {
         assert_eq!(app.wait().await, 7);
         let mut app = App::start(&["sleep".into(), "30".into()]).unwrap();
         assert_eq!(app.try_status(), None);
-        app.signal(libc::SIGTERM);
+        app.signal(Signal::TERM);
         assert_eq!(app.wait().await, 128 + libc::SIGTERM);
     }
 
