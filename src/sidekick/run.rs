@@ -4,8 +4,8 @@
 //! which makes etcd match what health says (key present under our lease while Up, absent
 //! otherwise). Failed etcd calls are retried with jittered backoff, not only at the next check.
 //! Every etcd call has a deadline, and the shutdown future (SIGTERM/SIGINT in the binary,
-//! [`stop_signal`](super::stop_signal)) cancels one in flight: stopping never waits on an unreachable etcd for
-//! longer than [`STOP_DEADLINE`].
+//! [`stop_signal`](super::stop_signal)) cancels one in flight: stopping never waits on an
+//! unreachable etcd for longer than [`STOP_DEADLINE`].
 
 use super::args::{CheckKind, SidekickArgs};
 use super::check::{probe, Check, Health, Hysteresis};
@@ -119,8 +119,9 @@ enum End {
 ///
 /// `shutdown` says which signal stopped the sidekick (passed on to the app after the drain)
 /// and is first polled when the main loop starts, after discovery, the app's start and the
-/// etcd connection; the binary gives it [`stop_signal`](super::stop_signal), which installs its handlers then. Its
-/// error (a handler that cannot be installed) ends `run` with that error.
+/// etcd connection; the binary gives it [`stop_signal`](super::stop_signal), which installs
+/// its handlers then. Its error (a handler that cannot be installed) ends `run` with that
+/// error.
 pub async fn run(
     args: SidekickArgs,
     shutdown: impl Future<Output = Result<StopSignal>>,

@@ -28,7 +28,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 pub(crate) use container_id::own_container_id;
-/// Why the published port could not be found.
+
+/// Why the published port could not be found: the one error type of discovery, shared by
+/// [`container_id`], [`bindings`] and [`engine`].
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DockerError {
     #[error(
