@@ -1,8 +1,9 @@
 //! Unit tests of the runtime API client: parsing HAProxy's answers, the saved state, the
 //! read-back check, and telling success from refusal on a fake socket.
 
+use super::apply::verify;
 use super::*;
-use crate::haproxy::plan::Server;
+use crate::haproxy::config::Server;
 
 const STATE: &str = "1
 # be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port
@@ -38,7 +39,7 @@ fn parses_show_servers_state() {
 #[test]
 fn saved_state_leaves_out_servers_the_configuration_moved() {
     let config = "backend service\n    server 127.0.0.1_9101 127.0.0.1:9101 check\n    server 127.0.0.1_9102 127.0.0.1:9999 check\n";
-    let (text, dropped) = state_for(STATE, &[&crate::haproxy::plan::parse(config)]).unwrap();
+    let (text, dropped) = state_for(STATE, &[&crate::haproxy::config::parse(config)]).unwrap();
     assert_eq!(dropped, 1);
     assert!(text.starts_with("1\n# be_id"), "{text}");
     assert!(text.contains("127.0.0.1_9101"));
@@ -153,7 +154,7 @@ fn verify_compares_addresses_as_ips_not_text() {
 #[test]
 fn saved_state_compares_addresses_as_ips() {
     let config = "backend b\n    server s1 [::a00:1]:80 weight 5\n    server s2 [::a00:9]:80\n    server s5 10.0.0.5:80\n";
-    let (text, dropped) = state_for(STATE_V6, &[&crate::haproxy::plan::parse(config)]).unwrap();
+    let (text, dropped) = state_for(STATE_V6, &[&crate::haproxy::config::parse(config)]).unwrap();
     assert_eq!(dropped, 1, "only s2 moved: {text}");
     assert!(
         text.contains(" s1 ::10.0.0.1 ") && !text.contains(" s2 "),
@@ -189,7 +190,7 @@ async fn exec_tells_success_from_refusal() {
     };
     sock.exec("add server b/s 10.0.0.1:80").await.unwrap();
     sock.exec("enable server b/s").await.unwrap();
-    let err = sock.exec("del server b/x").await.unwrap_err();
+    let err = sock.exec("del server b/x").await.unwrap_err().to_string();
     assert!(
         err.contains("del server b/x") && err.contains("No such server"),
         "{err}"
