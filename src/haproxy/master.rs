@@ -281,4 +281,24 @@ mod tests {
     fn rejects_other_answers() {
         assert!(ProcList::parse("Unknown command").is_err());
     }
+
+    #[tokio::test]
+    async fn a_missing_socket_is_unreachable_and_named_by_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = MasterSocket {
+            path: dir.path().join("no-master.sock"),
+            timeout: Duration::from_millis(50),
+        };
+        let e = m.reload().await.unwrap_err();
+        assert!(e.is_transient(), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("no-master.sock") && !msg.contains("--master-socket"),
+            "{msg}"
+        );
+        assert!(matches!(
+            ReloadError::from(e),
+            ReloadError::Unreachable(m) if m == msg
+        ));
+    }
 }

@@ -148,7 +148,7 @@ impl RuntimeApplier {
     }
 
     /// Deletes `id` (`backend/server`, already in maintenance) once it has drained.
-    fn start_drain(&self, id: String) {
+    pub(super) fn start_drain(&self, id: String) {
         let generation = self
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

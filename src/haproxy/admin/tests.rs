@@ -1,5 +1,6 @@
 //! Unit tests of the runtime API client: parsing HAProxy's answers, the saved state, the
-//! read-back check, and telling success from refusal on a fake socket.
+//! read-back check, telling success from refusal on a fake socket, and waiting for drains at
+//! shutdown.
 
 use super::apply::verify;
 use super::*;
@@ -195,4 +196,56 @@ async fn exec_tells_success_from_refusal() {
         err.contains("del server b/x") && err.contains("No such server"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_drains_then_abandons_them() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("admin.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    // HAProxy refuses `del server` until `drained` is set.
+    let drained = Arc::new(AtomicBool::new(false));
+    let flag = drained.clone();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut s = tokio::io::BufReader::new(s);
+            let mut cmd = String::new();
+            s.read_line(&mut cmd).await.unwrap();
+            let answer = match cmd.starts_with("del server") {
+                true if flag.load(Ordering::SeqCst) => "Server deleted.\n\n",
+                true => "Server still has connections attached to it, cannot remove it.\n\n",
+                false => "\n",
+            };
+            s.get_mut().write_all(answer.as_bytes()).await.unwrap();
+        }
+    });
+    let socket = RuntimeSocket {
+        path,
+        timeout: Duration::from_secs(2),
+    };
+    let applier = RuntimeApplier::new(socket, Duration::from_secs(60));
+    // A drain that does not end within the grace period is abandoned.
+    applier.start_drain("b/s1".into());
+    assert_eq!(applier.draining(), ["b/s1"]);
+    let started = std::time::Instant::now();
+    applier.shutdown(Duration::from_millis(300)).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert!(applier.draining().is_empty());
+    // One that ends is waited for, and shutdown returns as soon as it has.
+    drained.store(true, Ordering::SeqCst);
+    applier.start_drain("b/s2".into());
+    let started = std::time::Instant::now();
+    applier.shutdown(Duration::from_secs(30)).await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(applier.draining().is_empty());
+    // Nothing running: no wait.
+    applier.shutdown(Duration::from_secs(30)).await;
 }
