@@ -9,6 +9,12 @@
 //!   validation and reload;
 //! - [`sidekick`]: `dockreg` — Docker discovery, health checks, lease registration, wrapper.
 
+// No unwrap, expect or panic on a runtime path: errors are values that name what is at fault.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod core;
 pub mod haproxy;
 pub mod sidekick;

@@ -14,6 +14,63 @@ use tokio::net::UnixStream;
 /// longer means it is not there (or hung), and the reload fails fast.
 const MASTER_CHECK: Duration = Duration::from_millis(500);
 
+/// What went wrong on the master socket. Each message names the socket; the watcher's
+/// reload path turns these into [`ReloadError`]s by kind.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    /// The socket is missing or refuses connections throughout: HAProxy is not running.
+    #[error("master socket {}: {error} (is HAProxy running?)", socket.display())]
+    Unreachable {
+        socket: PathBuf,
+        error: std::io::Error,
+    },
+    /// No usable answer in time (`last` says what the last attempt got).
+    #[error("master socket {}: {last}", socket.display())]
+    NoAnswer { socket: PathBuf, last: String },
+    /// The answer to `show proc` is not a process list.
+    #[error("master socket {}: {reason} (is it HAProxy's master socket, -S?)", socket.display())]
+    Unreadable { socket: PathBuf, reason: String },
+    /// `reload` could not be sent.
+    #[error("master socket {}: sending reload: {error}", socket.display())]
+    Send {
+        socket: PathBuf,
+        error: std::io::Error,
+    },
+    /// The master counted a failed reload: HAProxy refused the files at load time.
+    #[error(
+        "HAProxy refused the files at load time although `haproxy -c` accepted them (its master \
+         reports {failed} failed reload(s)); the previous worker keeps serving"
+    )]
+    Refused { failed: u64 },
+    /// The reload was sent, but no new worker came up in time.
+    #[error(
+        "no new HAProxy worker within {timeout:?} after reload (master socket {})",
+        socket.display()
+    )]
+    NoNewWorker { socket: PathBuf, timeout: Duration },
+}
+
+impl MasterError {
+    /// Whether trying again soon may work: HAProxy is not there yet, or did not answer.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            MasterError::Unreachable { .. } | MasterError::NoAnswer { .. }
+        )
+    }
+}
+
+impl From<MasterError> for ReloadError {
+    fn from(e: MasterError) -> Self {
+        let msg = e.to_string();
+        match e {
+            MasterError::Refused { .. } => ReloadError::Refused(msg),
+            MasterError::Unreachable { .. } => ReloadError::Unreachable(msg),
+            _ => ReloadError::Failed(msg),
+        }
+    }
+}
+
 /// What `show proc` says about the master and its workers.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ProcList {
@@ -102,43 +159,40 @@ impl MasterSocket {
     }
 
     /// `show proc`, retried while the master is re-executing (connection refused).
-    pub async fn show_proc(&self) -> Result<ProcList, String> {
-        self.show_proc_within(self.timeout)
-            .await
-            .map_err(|e| e.to_string())
+    pub async fn show_proc(&self) -> Result<ProcList, MasterError> {
+        self.show_proc_within(self.timeout).await
     }
 
     /// `show proc`, retried for at most `limit`. A socket that is missing or refuses
-    /// connections throughout is [`ReloadError::Unreachable`]: HAProxy is not running.
-    async fn show_proc_within(&self, limit: Duration) -> Result<ProcList, ReloadError> {
+    /// connections throughout is [`MasterError::Unreachable`]: HAProxy is not running.
+    async fn show_proc_within(&self, limit: Duration) -> Result<ProcList, MasterError> {
         let deadline = Instant::now() + limit;
         let mut last = String::from("empty answer to `show proc`");
+        // The last attempt's error, when it says the socket is missing or refused.
         let mut absent;
         loop {
             match self.command("show proc").await {
                 Ok(text) if !text.trim().is_empty() => {
-                    return ProcList::parse(&text).map_err(|e| {
-                        ReloadError::Failed(format!(
-                            "--master-socket {}: {e} (is it HAProxy's master socket, -S?)",
-                            self.path.display()
-                        ))
+                    return ProcList::parse(&text).map_err(|reason| MasterError::Unreadable {
+                        socket: self.path.clone(),
+                        reason,
                     })
                 }
-                Ok(_) => absent = false,
+                Ok(_) => absent = None,
                 Err(e) => {
+                    last = e.to_string();
                     absent = matches!(
                         e.kind(),
                         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                    );
-                    last = e.to_string();
+                    )
+                    .then_some(e);
                 }
             }
             if Instant::now() >= deadline {
-                let msg = format!("--master-socket {}: {last}", self.path.display());
-                return Err(if absent {
-                    ReloadError::Unreachable(format!("{msg} (is HAProxy running?)"))
-                } else {
-                    ReloadError::Failed(msg)
+                let socket = self.path.clone();
+                return Err(match absent {
+                    Some(error) => MasterError::Unreachable { socket, error },
+                    None => MasterError::NoAnswer { socket, last },
                 });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -161,16 +215,16 @@ impl MasterSocket {
     ///
     /// A master that is not there fails within half a second, not `timeout`: while HAProxy
     /// is down, the caller keeps the files following etcd and tries again soon.
-    pub async fn reload(&self) -> Result<(u32, usize), ReloadError> {
+    pub async fn reload(&self) -> Result<(u32, usize), MasterError> {
         let before = self
             .show_proc_within(MASTER_CHECK.min(self.timeout))
             .await?;
-        self.send_reload().await.map_err(|e| {
-            ReloadError::Failed(format!(
-                "--master-socket {}: sending reload: {e}",
-                self.path.display()
-            ))
-        })?;
+        self.send_reload()
+            .await
+            .map_err(|error| MasterError::Send {
+                socket: self.path.clone(),
+                error,
+            })?;
         let deadline = Instant::now() + self.timeout;
         loop {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -181,10 +235,7 @@ impl MasterSocket {
             };
             if let Some(now) = now {
                 if now.failed > before.failed {
-                    return Err(ReloadError::Refused(format!(
-                        "HAProxy refused the files at load time although `haproxy -c` accepted them (its master reports {} failed reload(s)); the previous worker keeps serving",
-                        now.failed
-                    )));
+                    return Err(MasterError::Refused { failed: now.failed });
                 }
                 if now.reloads > before.reloads {
                     let old: Vec<u32> = before.workers.iter().map(|(p, _)| *p).collect();
@@ -195,11 +246,10 @@ impl MasterSocket {
                 }
             }
             if Instant::now() >= deadline {
-                return Err(ReloadError::Failed(format!(
-                    "no new HAProxy worker within {:?} after reload (--master-socket {})",
-                    self.timeout,
-                    self.path.display()
-                )));
+                return Err(MasterError::NoNewWorker {
+                    socket: self.path.clone(),
+                    timeout: self.timeout,
+                });
             }
         }
     }
@@ -230,5 +280,25 @@ mod tests {
     #[test]
     fn rejects_other_answers() {
         assert!(ProcList::parse("Unknown command").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_is_unreachable_and_named_by_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = MasterSocket {
+            path: dir.path().join("no-master.sock"),
+            timeout: Duration::from_millis(50),
+        };
+        let e = m.reload().await.unwrap_err();
+        assert!(e.is_transient(), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("no-master.sock") && !msg.contains("--master-socket"),
+            "{msg}"
+        );
+        assert!(matches!(
+            ReloadError::from(e),
+            ReloadError::Unreachable(m) if m == msg
+        ));
     }
 }

@@ -1,4 +1,5 @@
-//! How HAProxy is told to load the new configuration: the master CLI or a command.
+//! How HAProxy is told to load the new configuration: the master CLI or an operator's
+//! command; and [`ReloadError`], the kinds of failure the pipeline retries differently.
 
 use super::master::MasterSocket;
 use std::time::Duration;
@@ -7,31 +8,23 @@ use tokio::process::Command;
 /// More old workers than this after a reload earn a warning.
 const OLD_WORKERS_WARN: usize = 5;
 
-/// Why a reload did not happen; each kind is retried differently by the pipeline.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a reload did not happen; each kind is retried differently by the pipeline. The
+/// message names the socket or command at fault and what HAProxy said.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReloadError {
     /// HAProxy refused the files at load time although `haproxy -c` accepted them (a bind on
     /// a busy port, a file-descriptor limit…); the previous worker keeps serving. Retrying
     /// the same files only pauses its listeners again.
+    #[error("{0}")]
     Refused(String),
     /// HAProxy's master is not there: its socket is missing or refuses connections (HAProxy
     /// stopped). Cheap to retry; the files keep following etcd meanwhile.
+    #[error("{0}")]
     Unreachable(String),
     /// Anything else: no new worker in time, the reload command failed.
+    #[error("{0}")]
     Failed(String),
 }
-
-impl std::fmt::Display for ReloadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ReloadError::Refused(m) | ReloadError::Unreachable(m) | ReloadError::Failed(m) => {
-                f.write_str(m)
-            }
-        }
-    }
-}
-
-impl std::error::Error for ReloadError {}
 
 /// Makes HAProxy load the files on disk; `Ok` only once the reload is known to have worked.
 pub trait Reload {
@@ -80,14 +73,16 @@ impl Reload for Reloader {
                     .kill_on_drop(true);
                 match tokio::time::timeout(*timeout, c.output()).await {
                     Err(_) => Err(ReloadError::Failed(format!(
-                        "--reload-cmd {cmd:?} timed out after {timeout:?}"
+                        "reload command {cmd:?} timed out after {timeout:?}"
                     ))),
                     Ok(Err(e)) => Err(ReloadError::Failed(format!(
-                        "--reload-cmd {cmd:?}: cannot run: {e}"
+                        "reload command {cmd:?}: cannot run: {e}"
                     ))),
-                    Ok(Ok(out)) if out.status.success() => Ok("--reload-cmd exited 0".to_string()),
+                    Ok(Ok(out)) if out.status.success() => {
+                        Ok("reload command exited 0".to_string())
+                    }
                     Ok(Ok(out)) => Err(ReloadError::Failed(format!(
-                        "--reload-cmd {cmd:?} failed ({}): {}",
+                        "reload command {cmd:?} failed ({}): {}",
                         out.status,
                         String::from_utf8_lossy(&out.stderr).trim()
                     ))),

@@ -1,23 +1,26 @@
-//! Validation of candidate configurations with HAProxy itself.
+//! Validation of candidate configurations with HAProxy itself (`haproxy -c`), behind the
+//! [`Validate`] seam the change pipeline uses.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::process::Command;
 
-/// Why a candidate did not pass.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a candidate did not pass. A refusal holds HAProxy's own message; a transient failure
+/// names the binary and what went wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CheckError {
     /// HAProxy refused the configuration; checking it again unchanged is pointless.
+    #[error("{0}")]
     Refused(String),
     /// The check could not run (timeout, missing binary, I/O); worth retrying.
+    #[error("{0}")]
     Transient(String),
 }
 
-impl std::fmt::Display for CheckError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CheckError::Refused(m) | CheckError::Transient(m) => f.write_str(m),
-        }
+impl CheckError {
+    /// Whether checking the same files again may pass (the check did not run to its end).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CheckError::Transient(_))
     }
 }
 

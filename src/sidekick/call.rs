@@ -34,6 +34,17 @@ impl CallError {
             CallError::LeaseGone { .. } | CallError::ClusterChanged { .. }
         )
     }
+
+    /// Whether the TLS handshake failed because etcd's certificate does not verify (a CA
+    /// that did not sign it, a name it does not hold): a configuration error, which retrying
+    /// does not heal. rustls says `invalid peer certificate: …`, somewhere in the source chain.
+    pub fn certificate_rejected(&self) -> bool {
+        let CallError::Etcd { error, .. } = self else {
+            return false;
+        };
+        std::iter::successors(Some(error as &dyn std::error::Error), |e| e.source())
+            .any(|e| e.to_string().contains("invalid peer certificate"))
+    }
 }
 
 /// Runs `fut` (an etcd call described by `what`) for at most `deadline`.
@@ -93,5 +104,36 @@ mod tests {
             .unwrap_err();
         assert!(!err.lease_lost(), "{err}");
         assert!(err.to_string().starts_with("putting /service/a: "), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_rejected_certificate_is_told_apart_from_an_unreachable_etcd() {
+        let fail =
+            |status: tonic::Status| async { Err::<(), _>(etcd_client::Error::GRpcStatus(status)) };
+        let d = Duration::from_secs(1);
+        for msg in [
+            "invalid peer certificate: UnknownIssuer",
+            "invalid peer certificate: BadSignature",
+            "invalid peer certificate: NotValidForName",
+        ] {
+            let err = within("granting a lease", d, fail(tonic::Status::unavailable(msg)))
+                .await
+                .unwrap_err();
+            assert!(err.certificate_rejected(), "{err}");
+        }
+        for msg in [
+            "tcp connect error: Connection refused",
+            "etcdserver: request timed out",
+        ] {
+            let err = within("granting a lease", d, fail(tonic::Status::unavailable(msg)))
+                .await
+                .unwrap_err();
+            assert!(!err.certificate_rejected(), "{err}");
+        }
+        let never = std::future::pending::<Result<(), etcd_client::Error>>();
+        let err = within("granting a lease", Duration::from_millis(10), never)
+            .await
+            .unwrap_err();
+        assert!(!err.certificate_rejected(), "{err}");
     }
 }

@@ -8,6 +8,7 @@
 //! unreachable etcd for longer than [`STOP_DEADLINE`].
 
 use super::args::{CheckKind, SidekickArgs};
+use super::call::CallError;
 use super::check::{probe, Check, Health, Hysteresis};
 use super::docker::{discover, own_container_id, Discovered};
 use super::register::Registration;
@@ -112,6 +113,30 @@ enum End {
     Signal(StopSignal),
     /// The app exited with this status (wrapper mode).
     AppExited(i32),
+    /// A configuration error that retrying cannot heal: stop the app and exit non-zero.
+    Fatal(anyhow::Error),
+}
+
+/// Whether a failed reconcile is etcd's TLS certificate rejected before etcd ever answered:
+/// a wrong `--etcd-ca` (or an endpoint its certificate does not name), not an outage. Once
+/// etcd has answered, a rejection (a certificate changed under a running sidekick) is retried
+/// like any other failure, so the app is not stopped.
+fn certificate_rejected_at_start(e: &anyhow::Error, etcd_answered: bool) -> bool {
+    !etcd_answered
+        && e.downcast_ref::<CallError>()
+            .is_some_and(CallError::certificate_rejected)
+}
+
+/// The error a rejected certificate ends the sidekick with: names the endpoints and the CA.
+fn certificate_error(e: anyhow::Error, args: &SidekickArgs) -> anyhow::Error {
+    let ca = match &args.etcd.etcd_ca {
+        Some(p) => format!("--etcd-ca {}", p.display()),
+        None => "the default roots (no --etcd-ca given)".to_string(),
+    };
+    e.context(format!(
+        "etcd's TLS certificate at --etcd {} does not verify with {ca}",
+        args.etcd.endpoints.join(",")
+    ))
 }
 
 /// Runs the sidekick until `shutdown` resolves or, in wrapper mode, the app exits; returns
@@ -179,6 +204,8 @@ pub async fn run(
     let mut need_resolve = false;
     // The key watch restarted: check the key is still ours at the next reconcile.
     let mut check_key = false;
+    // etcd granted a lease at least once (a TLS rejection before that is a wrong CA).
+    let mut etcd_answered = false;
 
     let end = loop {
         let app_exit = async {
@@ -280,7 +307,13 @@ pub async fn run(
             stop = &mut shutdown => break End::Signal(stop?),
         };
         match outcome {
-            Ok(()) => retry.reset(),
+            Ok(()) => {
+                etcd_answered |= reg.lease().is_some();
+                retry.reset();
+            }
+            Err(e) if certificate_rejected_at_start(&e, etcd_answered) => {
+                break End::Fatal(certificate_error(e, &args));
+            }
             Err(e) => {
                 let delay = retry.next_delay();
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "etcd update failed; will retry");
@@ -310,6 +343,15 @@ pub async fn run(
             Ok(status)
         }
         (End::Signal(_), None) => Ok(0),
+        (End::Fatal(e), app) => {
+            if let Some(mut a) = app {
+                // Never registered: nothing to drain.
+                a.signal(libc::SIGTERM);
+                let status = a.wait().await;
+                tracing::info!(status, "app stopped");
+            }
+            Err(e)
+        }
     }
 }
 
@@ -370,6 +412,44 @@ mod tests {
             Source::Fixed(addr) => assert_eq!(addr, "10.0.0.7:9000".parse().unwrap()),
             Source::Docker { .. } => panic!("docker used with --host-port"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_rejected_certificate_is_fatal_only_before_etcd_answered() {
+        let rejected: anyhow::Error =
+            super::super::call::within("granting a lease", Duration::from_secs(1), async {
+                Err::<(), _>(etcd_client::Error::GRpcStatus(tonic::Status::unavailable(
+                    "invalid peer certificate: UnknownIssuer",
+                )))
+            })
+            .await
+            .unwrap_err()
+            .into();
+        assert!(certificate_rejected_at_start(&rejected, false));
+        assert!(!certificate_rejected_at_start(&rejected, true));
+        let refused: anyhow::Error =
+            super::super::call::within("granting a lease", Duration::from_secs(1), async {
+                Err::<(), _>(etcd_client::Error::GRpcStatus(tonic::Status::unavailable(
+                    "tcp connect error: Connection refused",
+                )))
+            })
+            .await
+            .unwrap_err()
+            .into();
+        assert!(!certificate_rejected_at_start(&refused, false));
+        let a = args(&[
+            "--etcd",
+            "https://10.0.0.2:2379",
+            "--etcd-ca",
+            "/certs/ca.pem",
+        ]);
+        let msg = format!("{:#}", certificate_error(rejected, &a));
+        assert!(
+            msg.contains("--etcd https://10.0.0.2:2379")
+                && msg.contains("--etcd-ca /certs/ca.pem")
+                && msg.contains("UnknownIssuer"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -396,7 +396,6 @@ async fn a_reload_during_a_drain_keeps_the_request_and_the_fast_path() {
     w.put(&b.key(0), "running").await;
     w.del(&b.key(1)).await;
     wait_servers(&w, &b.addrs[..1], &b.addrs[1..2]).await;
-    let runtime_applies = applies(&watcher, "runtime");
     // A template edit reloads HAProxy in the middle of the drain.
     let reloads = w.haproxy.show_proc().await.reloads;
     std::fs::write(&template, shipped.replace("retries 2", "retries 3")).unwrap();
@@ -416,10 +415,15 @@ async fn a_reload_during_a_drain_keeps_the_request_and_the_fast_path() {
     );
     assert_eq!(haproxy_servers(&w, "service").await.len(), 1);
     assert_routes_exactly(w.haproxy.http, &b.addrs[..1]).await;
-    // The fast path goes on against the new worker.
+    // The fast path goes on against the new worker: its apply is the first one logged after
+    // the reload (counted once the reload's own apply is in the log).
+    let reloaded = w.haproxy.show_proc().await.reloads;
+    let runtime_applies = applies(&watcher, "runtime");
     w.put(&b.key(2), "running").await;
     wait_applies(&watcher, "runtime", runtime_applies + 1).await;
+    wait_servers(&w, &[b.addrs[0], b.addrs[2]], &[]).await;
     assert_eq!(answers_now(&w, 8).await, ids(&b, &[0, 2]));
+    assert_eq!(w.haproxy.show_proc().await.reloads, reloaded, "no reload");
     assert!(
         !watcher.log_text().contains("falling back"),
         "{}",

@@ -10,5 +10,7 @@ mod hitless;
 mod promises;
 mod sidekick;
 mod sidekick_faults;
+mod sidekick_promises;
 mod tcpproxy;
+mod tls;
 mod watcher;

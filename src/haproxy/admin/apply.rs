@@ -1,13 +1,32 @@
-//! Applying a plan's server operations through the runtime API: the commands, the read-back
-//! check against the new configuration, and the bounded drain of removed servers; and the
-//! [`RuntimeUpdate`] seam through which the change pipeline uses all this.
+//! Applying a plan's server operations through the runtime API: sending their commands, the
+//! read-back check against the new configuration, and the bounded drain of removed servers
+//! (tracked, so that shutdown can wait for them); and the [`RuntimeUpdate`] seam through which
+//! the change pipeline uses all this.
 
-use super::{same_ip, used_connections, RuntimeSocket, ServerState, ADMIN_FORCED_MAINT};
-use crate::haproxy::plan::{Config, Op, Server, DEFAULT_WEIGHT};
+use super::commands;
+use super::{
+    same_ip, used_connections, AdminError, BoxFuture, RuntimeSocket, ServerState,
+    ADMIN_FORCED_MAINT,
+};
+use crate::haproxy::config::{Config, Server, DEFAULT_WEIGHT};
+use crate::haproxy::plan::Op;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+
+/// Why a runtime update did not go through; the caller falls back to a reload.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A command failed or HAProxy refused it (the error names the command and the answer).
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// HAProxy's servers after the update differ from the configuration (which server, and
+    /// how).
+    #[error("{0}")]
+    StateDiffers(String),
+}
 
 /// Applies plans through the runtime API and drains removed servers in the background.
 ///
@@ -15,7 +34,8 @@ use std::time::{Duration, Instant};
 /// flight go on (HAProxy's `drain` state would still admit requests that persistence sends
 /// there, and `del server` needs maintenance anyway) — and a background task deletes it once
 /// HAProxy agrees (it refuses while connections remain), at most `drain_timeout` later; after
-/// that the remaining sessions are shut down and the server is deleted.
+/// that the remaining sessions are shut down and the server is deleted. The drain tasks are
+/// tracked: [`shutdown`](Self::shutdown) waits for them for a grace period.
 #[derive(Debug, Clone)]
 pub struct RuntimeApplier {
     pub socket: RuntimeSocket,
@@ -24,6 +44,8 @@ pub struct RuntimeApplier {
     /// comes back before its deletion is revived instead of added twice.
     draining: Arc<Mutex<HashMap<String, u64>>>,
     generation: Arc<std::sync::atomic::AtomicU64>,
+    /// The drain tasks (finished ones are reaped as new ones start).
+    drains: Arc<Mutex<JoinSet<()>>>,
 }
 
 /// How often a draining server's deletion is tried again.
@@ -36,6 +58,7 @@ impl RuntimeApplier {
             drain_timeout,
             draining: Default::default(),
             generation: Default::default(),
+            drains: Default::default(),
         }
     }
 
@@ -67,45 +90,44 @@ impl RuntimeApplier {
         &self,
         ops: &[Op],
         expected: &BTreeMap<String, Vec<Server>>,
-    ) -> Result<String, String> {
+    ) -> Result<String, ApplyError> {
         let started = Instant::now();
         let mut commands = 0usize;
         for op in ops {
             match op {
                 Op::AddServer { backend, server } => {
-                    let id = format!("{backend}/{}", server.name);
+                    let id = commands::id(backend, &server.name);
                     if self.take_draining(&id) {
                         // Still there, in maintenance: bring it back instead of adding it.
                         let weight = server.weight.unwrap_or(DEFAULT_WEIGHT);
-                        self.socket
-                            .exec(&format!("set server {id} weight {weight}"))
-                            .await?;
+                        self.socket.exec(&commands::set_weight(&id, weight)).await?;
                         if !server.is_disabled() {
-                            self.socket
-                                .exec(&format!("set server {id} state ready"))
-                                .await?;
+                            self.socket.exec(&commands::set_ready(&id)).await?;
                         }
                         commands += 2;
                         continue;
                     }
-                    for cmd in op.commands() {
+                    for cmd in commands::add_server(backend, server) {
                         self.socket.exec(&cmd).await?;
                         commands += 1;
                     }
                 }
                 Op::DelServer { backend, name } => {
-                    let id = format!("{backend}/{name}");
-                    self.socket
-                        .exec(&format!("set server {id} state maint"))
-                        .await?;
+                    let id = commands::id(backend, name);
+                    self.socket.exec(&commands::set_maint(&id)).await?;
                     commands += 1;
                     self.start_drain(id);
                 }
-                Op::SetWeight { .. } => {
-                    for cmd in op.commands() {
-                        self.socket.exec(&cmd).await?;
-                        commands += 1;
-                    }
+                Op::SetWeight {
+                    backend,
+                    name,
+                    weight,
+                } => {
+                    let id = commands::id(backend, name);
+                    self.socket
+                        .exec(&commands::set_weight(&id, *weight))
+                        .await?;
+                    commands += 1;
                 }
             }
         }
@@ -116,7 +138,7 @@ impl RuntimeApplier {
             // still in this list, never one that is in neither.
             let draining = self.draining();
             let state = self.socket.servers_state(Some(backend)).await?;
-            verify(backend, servers, &state, &draining)?;
+            verify(backend, servers, &state, &draining).map_err(ApplyError::StateDiffers)?;
         }
         Ok(format!(
             "{} operation(s), {commands} command(s) in {applied:?}, state verified in {:?}",
@@ -126,7 +148,7 @@ impl RuntimeApplier {
     }
 
     /// Deletes `id` (`backend/server`, already in maintenance) once it has drained.
-    fn start_drain(&self, id: String) {
+    pub(super) fn start_drain(&self, id: String) {
         let generation = self
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -135,7 +157,30 @@ impl RuntimeApplier {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), generation);
         let this = self.clone();
-        tokio::spawn(async move { this.drain(id, generation).await });
+        let mut drains = self.drains.lock().unwrap_or_else(|p| p.into_inner());
+        while drains.try_join_next().is_some() {}
+        drains.spawn(async move { this.drain(id, generation).await });
+    }
+
+    /// At shutdown: waits for the running drains to end, for at most `grace`, then abandons
+    /// the rest. An abandoned server stays in maintenance in HAProxy (no new request reaches
+    /// it) until the next reload drops it.
+    pub async fn shutdown(&self, grace: Duration) {
+        let mut drains =
+            std::mem::take(&mut *self.drains.lock().unwrap_or_else(|p| p.into_inner()));
+        let waited =
+            tokio::time::timeout(grace, async { while drains.join_next().await.is_some() {} })
+                .await;
+        if waited.is_err() {
+            drains.abort_all();
+            let servers = self.draining();
+            self.forget_drains();
+            tracing::warn!(
+                ?servers,
+                ?grace,
+                "shutting down with servers still draining; HAProxy keeps them in maintenance until the next reload"
+            );
+        }
     }
 
     /// Whether `id`'s drain of this generation is still wanted.
@@ -152,7 +197,7 @@ impl RuntimeApplier {
             if !self.still_draining(&id, generation) {
                 return; // revived, or forgotten after a reload
             }
-            let answer = match self.socket.command(&format!("del server {id}")).await {
+            let answer = match self.socket.command(&commands::del_server(&id)).await {
                 Ok(answer) => answer,
                 Err(e) => {
                     tracing::debug!(server = %id, error = %e, "deletion attempt failed");
@@ -172,12 +217,8 @@ impl RuntimeApplier {
             }
             let now = Instant::now();
             if now >= deadline && !forced {
-                tracing::warn!(server = %id, drain_timeout = ?self.drain_timeout, "server still busy at --drain-timeout; shutting its sessions down");
-                if let Err(e) = self
-                    .socket
-                    .exec(&format!("shutdown sessions server {id}"))
-                    .await
-                {
+                tracing::warn!(server = %id, drain_timeout = ?self.drain_timeout, "server still busy at the drain timeout; shutting its sessions down");
+                if let Err(e) = self.socket.exec(&commands::shutdown_sessions(&id)).await {
                     tracing::warn!(server = %id, error = %e, "could not shut the sessions down");
                 }
                 forced = true;
@@ -200,31 +241,28 @@ impl RuntimeApplier {
     /// would otherwise keep `del server` refused: HAProxy drops them when the address
     /// changes, and the unspecified address is safe on a server in maintenance (no request and
     /// no health check goes to it).
-    async fn purge_idle(&self, id: &str) -> Result<(), String> {
+    async fn purge_idle(&self, id: &str) -> Result<(), AdminError> {
         let Some((backend, _)) = id.split_once('/') else {
             return Ok(());
         };
-        let text = self
-            .socket
-            .command(&format!("show servers conn {backend}"))
-            .await?;
-        let Some((used, Some(addr))) = used_connections(&text, id)? else {
+        let cmd = commands::show_servers_conn(backend);
+        let text = self.socket.command(&cmd).await?;
+        let conns =
+            used_connections(&text, id).map_err(|reason| self.socket.unreadable(cmd, reason))?;
+        let Some((used, Some(addr))) = conns else {
             return Ok(());
         };
         if used == 0 && !addr.is_unspecified() {
             let unspecified = if addr.is_ipv6() { "::" } else { "0.0.0.0" };
             let answer = self
                 .socket
-                .command(&format!("set server {id} addr {unspecified}"))
+                .command(&commands::set_addr(id, unspecified))
                 .await?;
             tracing::debug!(server = %id, answer = %answer.trim(), "idle connections of a drained server closed");
         }
         Ok(())
     }
 }
-
-/// A boxed future, for the object-safe [`RuntimeUpdate`] seam.
-pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// The runtime fast path as the change pipeline sees it (a fake in its unit tests).
 pub trait RuntimeUpdate: Send + Sync {
@@ -242,6 +280,13 @@ pub trait RuntimeUpdate: Send + Sync {
 
     /// Runs after a reload worked: the new worker holds no draining server.
     fn after_reload(&self);
+
+    /// At shutdown: waits for work still running in the background (the drains of removed
+    /// servers) for at most `grace`, then abandons it.
+    fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()> {
+        let _ = grace;
+        Box::pin(async {})
+    }
 }
 
 /// The real fast path: a [`RuntimeApplier`] and, optionally, HAProxy's server-state file.
@@ -258,7 +303,12 @@ impl RuntimeUpdate for RuntimePath {
         ops: &'a [Op],
         expected: &'a BTreeMap<String, Vec<Server>>,
     ) -> BoxFuture<'a, Result<String, String>> {
-        Box::pin(self.applier.apply(ops, expected))
+        Box::pin(async move {
+            self.applier
+                .apply(ops, expected)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 
     fn before_reload<'a>(&'a self, configs: &'a [&'a Config]) -> BoxFuture<'a, ()> {
@@ -285,12 +335,16 @@ impl RuntimeUpdate for RuntimePath {
     fn after_reload(&self) {
         self.applier.forget_drains();
     }
+
+    fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(self.applier.shutdown(grace))
+    }
 }
 
 /// Compares `backend`'s servers in HAProxy (`state`) with the configuration's (`want`);
 /// addresses as parsed IPs ([`same_ip`]). Servers in `draining` (`backend/server`) may linger
 /// in maintenance.
-pub fn verify(
+pub(crate) fn verify(
     backend: &str,
     want: &[Server],
     state: &[ServerState],

@@ -1,20 +1,22 @@
-//! HAProxy's runtime API (the admin stats socket, `--runtime-socket`): sending one command,
-//! reading `show servers state` and `show servers conn`, and saving the server state before a
-//! reload. Applying a [`plan`](super::plan) of server operations, with its read-back check and
-//! the bounded drain of removed servers, is in [`apply`].
+//! HAProxy's runtime API (the admin stats socket): sending one command, reading
+//! `show servers state` and `show servers conn`, and saving the server state before a reload.
+//! Applying a plan of server operations (`haproxy::plan`), with its read-back check and the
+//! bounded drain of removed servers, is in `apply`; the command text, in `commands`.
 //!
 //! Each command uses its own connection (HAProxy's non-interactive mode: one line in, the
 //! answer until HAProxy closes); a command costs about 0.07 ms on loopback, so there is no
 //! gain in a session. HAProxy 2.6 answers a successful command with nothing or with one of a
-//! few fixed sentences ([`SUCCESS_ANSWERS`]); anything else is its error message.
+//! few fixed sentences (`SUCCESS_ANSWERS`); anything else is its error message.
 
-pub mod apply;
+pub(crate) mod apply;
+pub(crate) mod commands;
 #[cfg(test)]
 mod tests;
 
-pub use apply::{verify, BoxFuture, RuntimeApplier, RuntimePath, RuntimeUpdate};
+pub use apply::RuntimeUpdate;
+pub(crate) use apply::{RuntimeApplier, RuntimePath};
 
-use super::plan::Config;
+use super::config::Config;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -24,16 +26,56 @@ use tokio::net::UnixStream;
 
 /// What HAProxy 2.6 answers to a command that worked (`add server`, `del server`; the others
 /// answer nothing).
-pub const SUCCESS_ANSWERS: [&str; 2] = ["New server registered.", "Server deleted."];
+pub(crate) const SUCCESS_ANSWERS: [&str; 2] = ["New server registered.", "Server deleted."];
 
 /// `srv_admin_state` bit: forced maintenance (`set server … state maint`, `disable server`).
-pub const ADMIN_FORCED_MAINT: u32 = 0x01;
+pub(crate) const ADMIN_FORCED_MAINT: u32 = 0x01;
 /// `srv_admin_state` bit: maintenance from the configuration (`disabled`).
-pub const ADMIN_CONFIG_MAINT: u32 = 0x04;
+pub(crate) const ADMIN_CONFIG_MAINT: u32 = 0x04;
+
+/// A boxed future, for the object-safe [`RuntimeUpdate`] seam.
+pub(crate) type BoxFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// What went wrong with a command on the admin socket. Each message names the socket or the
+/// command, and HAProxy's answer when there is one.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AdminError {
+    /// The socket could not be reached, or the exchange broke off.
+    #[error("admin socket {}: `{cmd}`: {error}", socket.display())]
+    Io {
+        socket: PathBuf,
+        cmd: String,
+        error: std::io::Error,
+    },
+    /// HAProxy did not answer in time.
+    #[error("admin socket {}: `{cmd}`: no answer within {timeout:?}", socket.display())]
+    Timeout {
+        socket: PathBuf,
+        cmd: String,
+        timeout: Duration,
+    },
+    /// HAProxy refused a command that changes state.
+    #[error("`{cmd}`: HAProxy answered {answer:?}")]
+    Refused { cmd: String, answer: String },
+    /// HAProxy's answer is not what the command returns (an error message, another format).
+    #[error("admin socket {}: `{cmd}`: {reason}", socket.display())]
+    Unreadable {
+        socket: PathBuf,
+        cmd: String,
+        reason: String,
+    },
+    /// The server state was read but could not be saved.
+    #[error("server-state file {}: {error}", path.display())]
+    StateFile {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
 
 /// A client of the admin socket.
 #[derive(Debug, Clone)]
-pub struct RuntimeSocket {
+pub(crate) struct RuntimeSocket {
     pub path: PathBuf,
     /// How long one command may take.
     pub timeout: Duration,
@@ -41,7 +83,7 @@ pub struct RuntimeSocket {
 
 impl RuntimeSocket {
     /// Sends one command and returns HAProxy's whole answer.
-    pub async fn command(&self, cmd: &str) -> Result<String, String> {
+    pub async fn command(&self, cmd: &str) -> Result<String, AdminError> {
         let attempt = async {
             let mut s = UnixStream::connect(&self.path).await?;
             s.write_all(cmd.as_bytes()).await?;
@@ -52,37 +94,50 @@ impl RuntimeSocket {
         };
         match tokio::time::timeout(self.timeout, attempt).await {
             Ok(Ok(out)) => Ok(out),
-            Ok(Err(e)) => Err(format!(
-                "--runtime-socket {}: `{cmd}`: {e}",
-                self.path.display()
-            )),
-            Err(_) => Err(format!(
-                "--runtime-socket {}: `{cmd}`: no answer within {:?}",
-                self.path.display(),
-                self.timeout
-            )),
+            Ok(Err(error)) => Err(AdminError::Io {
+                socket: self.path.clone(),
+                cmd: cmd.to_string(),
+                error,
+            }),
+            Err(_) => Err(AdminError::Timeout {
+                socket: self.path.clone(),
+                cmd: cmd.to_string(),
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    /// An answer to `cmd` that is not what the command returns.
+    pub(crate) fn unreadable(&self, cmd: String, reason: String) -> AdminError {
+        AdminError::Unreadable {
+            socket: self.path.clone(),
+            cmd,
+            reason,
         }
     }
 
     /// Sends a command that changes state; `Err` carries HAProxy's refusal.
-    pub async fn exec(&self, cmd: &str) -> Result<(), String> {
+    pub async fn exec(&self, cmd: &str) -> Result<(), AdminError> {
         let answer = self.command(cmd).await?;
         let answer = answer.trim();
         if answer.is_empty() || SUCCESS_ANSWERS.contains(&answer) {
             Ok(())
         } else {
-            Err(format!("`{cmd}`: HAProxy answered {answer:?}"))
+            Err(AdminError::Refused {
+                cmd: cmd.to_string(),
+                answer: answer.to_string(),
+            })
         }
     }
 
     /// `show servers state [<backend>]`, parsed.
-    pub async fn servers_state(&self, backend: Option<&str>) -> Result<Vec<ServerState>, String> {
-        let cmd = match backend {
-            Some(b) => format!("show servers state {b}"),
-            None => "show servers state".to_string(),
-        };
+    pub async fn servers_state(
+        &self,
+        backend: Option<&str>,
+    ) -> Result<Vec<ServerState>, AdminError> {
+        let cmd = commands::show_servers_state(backend);
         let text = self.command(&cmd).await?;
-        ServerState::parse_all(&text).map_err(|e| format!("`{cmd}`: {e}"))
+        ServerState::parse_all(&text).map_err(|reason| self.unreadable(cmd, reason))
     }
 
     /// Writes `show servers state` to `path` (atomically), for HAProxy's
@@ -92,19 +147,19 @@ impl RuntimeSocket {
         &self,
         path: &Path,
         configs: &[&Config],
-    ) -> Result<(usize, usize), String> {
-        let dump = self.command("show servers state").await?;
+    ) -> Result<(usize, usize), AdminError> {
+        let cmd = commands::show_servers_state(None);
+        let dump = self.command(&cmd).await?;
         // Check it is the state dump and not an error before it replaces the last good one.
-        let (text, dropped) = state_for(&dump, configs).map_err(|e| {
-            format!(
-                "--runtime-socket {}: `show servers state`: {e}",
-                self.path.display()
-            )
-        })?;
+        let (text, dropped) =
+            state_for(&dump, configs).map_err(|reason| self.unreadable(cmd, reason))?;
         let saved = text.lines().count().saturating_sub(2);
         crate::core::files::Staged::write(path, &text)
             .and_then(|s| s.commit())
-            .map_err(|e| format!("--server-state-file {}: {e}", path.display()))?;
+            .map_err(|error| AdminError::StateFile {
+                path: path.to_path_buf(),
+                error,
+            })?;
         Ok((saved, dropped))
     }
 }
@@ -114,7 +169,7 @@ impl RuntimeSocket {
 /// prints with `inet_ntop`, which spells `::/96` addresses with an embedded IPv4 part
 /// (`[::a00:1]` comes back as `::10.0.0.1`). Text that is not an IP on either side (a name
 /// HAProxy has not resolved) is compared as it is.
-pub fn same_ip(haproxy: &str, config: &str) -> bool {
+pub(crate) fn same_ip(haproxy: &str, config: &str) -> bool {
     match (haproxy.parse::<IpAddr>(), config.parse::<IpAddr>()) {
         (Ok(a), Ok(b)) => a == b,
         _ => haproxy == config,
@@ -130,7 +185,7 @@ pub struct ServerState {
     pub port: u16,
     /// 0 stopped, 1 starting, 2 running, 3 stopping.
     pub op_state: u32,
-    /// Bit field; see [`ADMIN_FORCED_MAINT`].
+    /// Bit field; see `ADMIN_FORCED_MAINT`.
     pub admin_state: u32,
     /// The weight the user set (`srv_uweight`).
     pub weight: u16,
@@ -221,7 +276,7 @@ impl Columns {
 /// next worker loads, parsed): a server whose address (compared with [`same_ip`]) or port there
 /// differs from HAProxy's is left out, because HAProxy would restore the saved port over the
 /// configured one. Returns the text and how many servers were left out.
-pub fn state_for(dump: &str, configs: &[&Config]) -> Result<(String, usize), String> {
+pub(crate) fn state_for(dump: &str, configs: &[&Config]) -> Result<(String, usize), String> {
     let mut want: HashMap<(&str, &str), (&str, u16)> = HashMap::new();
     for config in configs {
         for section in config.sections.iter().filter(|s| s.has_servers()) {
@@ -260,7 +315,10 @@ pub fn state_for(dump: &str, configs: &[&Config]) -> Result<(String, usize), Str
 
 /// The requests in progress on server `id` (`backend/server`) and its address (`None` when
 /// HAProxy's text is not an IP), from `show servers conn`; `None` if it is not listed.
-pub fn used_connections(text: &str, id: &str) -> Result<Option<(u32, Option<IpAddr>)>, String> {
+pub(crate) fn used_connections(
+    text: &str,
+    id: &str,
+) -> Result<Option<(u32, Option<IpAddr>)>, String> {
     let mut lines = text.lines();
     let header = lines.next().unwrap_or_default();
     if !header.starts_with('#') {

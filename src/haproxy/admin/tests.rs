@@ -1,8 +1,10 @@
 //! Unit tests of the runtime API client: parsing HAProxy's answers, the saved state, the
-//! read-back check, and telling success from refusal on a fake socket.
+//! read-back check, telling success from refusal on a fake socket, and waiting for drains at
+//! shutdown.
 
+use super::apply::verify;
 use super::*;
-use crate::haproxy::plan::Server;
+use crate::haproxy::config::Server;
 
 const STATE: &str = "1
 # be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port
@@ -38,7 +40,7 @@ fn parses_show_servers_state() {
 #[test]
 fn saved_state_leaves_out_servers_the_configuration_moved() {
     let config = "backend service\n    server 127.0.0.1_9101 127.0.0.1:9101 check\n    server 127.0.0.1_9102 127.0.0.1:9999 check\n";
-    let (text, dropped) = state_for(STATE, &[&crate::haproxy::plan::parse(config)]).unwrap();
+    let (text, dropped) = state_for(STATE, &[&crate::haproxy::config::parse(config)]).unwrap();
     assert_eq!(dropped, 1);
     assert!(text.starts_with("1\n# be_id"), "{text}");
     assert!(text.contains("127.0.0.1_9101"));
@@ -153,7 +155,7 @@ fn verify_compares_addresses_as_ips_not_text() {
 #[test]
 fn saved_state_compares_addresses_as_ips() {
     let config = "backend b\n    server s1 [::a00:1]:80 weight 5\n    server s2 [::a00:9]:80\n    server s5 10.0.0.5:80\n";
-    let (text, dropped) = state_for(STATE_V6, &[&crate::haproxy::plan::parse(config)]).unwrap();
+    let (text, dropped) = state_for(STATE_V6, &[&crate::haproxy::config::parse(config)]).unwrap();
     assert_eq!(dropped, 1, "only s2 moved: {text}");
     assert!(
         text.contains(" s1 ::10.0.0.1 ") && !text.contains(" s2 "),
@@ -189,9 +191,61 @@ async fn exec_tells_success_from_refusal() {
     };
     sock.exec("add server b/s 10.0.0.1:80").await.unwrap();
     sock.exec("enable server b/s").await.unwrap();
-    let err = sock.exec("del server b/x").await.unwrap_err();
+    let err = sock.exec("del server b/x").await.unwrap_err().to_string();
     assert!(
         err.contains("del server b/x") && err.contains("No such server"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_drains_then_abandons_them() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("admin.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    // HAProxy refuses `del server` until `drained` is set.
+    let drained = Arc::new(AtomicBool::new(false));
+    let flag = drained.clone();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut s = tokio::io::BufReader::new(s);
+            let mut cmd = String::new();
+            s.read_line(&mut cmd).await.unwrap();
+            let answer = match cmd.starts_with("del server") {
+                true if flag.load(Ordering::SeqCst) => "Server deleted.\n\n",
+                true => "Server still has connections attached to it, cannot remove it.\n\n",
+                false => "\n",
+            };
+            s.get_mut().write_all(answer.as_bytes()).await.unwrap();
+        }
+    });
+    let socket = RuntimeSocket {
+        path,
+        timeout: Duration::from_secs(2),
+    };
+    let applier = RuntimeApplier::new(socket, Duration::from_secs(60));
+    // A drain that does not end within the grace period is abandoned.
+    applier.start_drain("b/s1".into());
+    assert_eq!(applier.draining(), ["b/s1"]);
+    let started = std::time::Instant::now();
+    applier.shutdown(Duration::from_millis(300)).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert!(applier.draining().is_empty());
+    // One that ends is waited for, and shutdown returns as soon as it has.
+    drained.store(true, Ordering::SeqCst);
+    applier.start_drain("b/s2".into());
+    let started = std::time::Instant::now();
+    applier.shutdown(Duration::from_secs(30)).await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(applier.draining().is_empty());
+    // Nothing running: no wait.
+    applier.shutdown(Duration::from_secs(30)).await;
 }

@@ -18,9 +18,9 @@ pub struct Partial {
     pub after: Config,
 }
 
-/// Plans the change from `old` (what HAProxy runs) to `new` section by section: unlike
-/// [`plan_parsed`](super::plan_parsed), a section that needs a reload does not stop the
-/// server operations of the others.
+/// Plans the change from `old` (what HAProxy runs) to `new` section by section: unlike a
+/// decision for the change as a whole (the module's rules), a section that needs a reload
+/// does not stop the server operations of the others.
 pub fn plan_partial(old: &Config, new: &Config) -> Partial {
     let reason = match diff(old, new) {
         Ok(ops) => {

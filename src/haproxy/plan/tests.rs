@@ -1,4 +1,4 @@
-//! Unit tests of the planner: parsing, decision rules and the commands of each operation.
+//! Unit tests of the planner: decision rules, and the commands each planned operation sends.
 use super::*;
 use crate::core::keys::server_name;
 use std::net::SocketAddr;
@@ -39,8 +39,12 @@ fn ops(p: Plan) -> Vec<Op> {
     }
 }
 
+/// The runtime API commands the applier sends for `ops` (written by the admin socket's
+/// [`commands`](crate::haproxy::admin::commands), the one place that writes command text).
 fn commands(ops: &[Op]) -> Vec<String> {
-    ops.iter().flat_map(Op::commands).collect()
+    ops.iter()
+        .flat_map(crate::haproxy::admin::commands::of_op)
+        .collect()
 }
 
 const BASE: &str = "\
@@ -61,28 +65,6 @@ backend web
     server s1 10.0.0.1:80 check weight 10
     server s2 10.0.0.2:80 check weight 20
 ";
-
-#[test]
-fn parses_sections_servers_and_directives() {
-    let c = parse(BASE);
-    let ids: Vec<String> = c.sections.iter().map(Section::ident).collect();
-    assert_eq!(ids, ["global", "defaults", "frontend fe", "backend web"]);
-    let web = &c.sections[3];
-    assert_eq!(
-        web.servers[0],
-        Server {
-            name: "s1".into(),
-            addr: "10.0.0.1".into(),
-            port: 80,
-            weight: Some(10),
-            rest: vec!["check".into()],
-        }
-    );
-    let words: Vec<Vec<String>> = web.directives.iter().map(|d| d.words.clone()).collect();
-    assert_eq!(words, [vec!["balance", "roundrobin"], vec!["retries", "2"]]);
-    assert!(c.sections[2].servers.is_empty());
-    assert!(c.preamble.is_empty() && !c.conditional);
-}
 
 #[test]
 fn comments_and_whitespace_mean_nothing() {
@@ -527,16 +509,4 @@ fn odd_texts_reload_rather_than_guess() {
     );
     // Empty texts.
     assert_eq!(plan("", "\n# nothing\n"), Plan::Nothing);
-}
-
-#[test]
-fn split_words_follows_haproxy_quoting() {
-    assert_eq!(split_words("  a\tb  # c"), ["a", "b"]);
-    assert_eq!(split_words("a\\ b c"), ["a\\ b", "c"]);
-    assert_eq!(
-        split_words("x \"a # b\" 'c  d' e#f"),
-        ["x", "\"a # b\"", "'c  d'", "e"]
-    );
-    assert_eq!(split_words("'\\' z"), ["'\\'", "z"]);
-    assert!(split_words("   # only a comment").is_empty());
 }

@@ -32,7 +32,7 @@ mod write;
 
 use crate::core::backoff::Backoff;
 use crate::core::files::read_live;
-use crate::haproxy::plan::Config;
+use crate::haproxy::config::Config;
 use crate::haproxy::{CheckError, Reload, ReloadError, RuntimeUpdate, Validate};
 use crate::watcher::catalog::Catalog;
 use crate::watcher::render::Renderer;
@@ -476,7 +476,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             .iter()
             .map(|&i| {
                 let text = candidates[i].as_deref().unwrap_or_default();
-                (i, Arc::new(crate::haproxy::plan::parse(text)))
+                (i, Arc::new(crate::haproxy::config::parse(text)))
             })
             .collect();
         let running: Vec<Result<Arc<Config>, String>> = (0..self.running.len())
@@ -500,7 +500,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             Running::Parsed(c) => Ok(c.clone()),
             Running::Disk => match self.disk[i].as_deref() {
                 Some(text) => {
-                    let c = Arc::new(crate::haproxy::plan::parse(text));
+                    let c = Arc::new(crate::haproxy::config::parse(text));
                     self.running[i] = Running::Parsed(c.clone());
                     Ok(c)
                 }
@@ -579,7 +579,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                 .iter()
                 .map(|d| {
                     d.as_deref()
-                        .map(|t| Arc::new(crate::haproxy::plan::parse(t)))
+                        .map(|t| Arc::new(crate::haproxy::config::parse(t)))
                 })
                 .collect(),
             None => vec![None; self.disk.len()],

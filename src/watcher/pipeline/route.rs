@@ -2,7 +2,8 @@
 //! make go out at once, section by section, and whatever else changed waits for a reload.
 //! Pure: what HAProxy runs and the parsed candidates in, a [`Routed`] out.
 
-use crate::haproxy::plan::{plan_partial, Config, Op, Server};
+use crate::haproxy::config::{Config, Server};
+use crate::haproxy::plan::{plan_partial, Op};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -84,7 +85,7 @@ pub fn choose(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::haproxy::plan;
+    use crate::haproxy::config;
 
     const OLD: &str = "backend web\n    balance roundrobin\n    server a 10.0.0.1:80 check\n";
 
@@ -92,12 +93,15 @@ mod tests {
         texts
             .iter()
             .enumerate()
-            .map(|(i, t)| (i, Arc::new(plan::parse(t))))
+            .map(|(i, t)| (i, Arc::new(config::parse(t))))
             .collect()
     }
 
     fn running(texts: &[&str]) -> Vec<Result<Arc<Config>, String>> {
-        texts.iter().map(|t| Ok(Arc::new(plan::parse(t)))).collect()
+        texts
+            .iter()
+            .map(|t| Ok(Arc::new(config::parse(t))))
+            .collect()
     }
 
     #[test]
@@ -108,7 +112,7 @@ mod tests {
         assert_eq!(r.reload, None);
         let names: Vec<_> = r.expected["web"].iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
-        assert_eq!(*r.after[0].1, plan::parse(&new));
+        assert_eq!(*r.after[0].1, config::parse(&new));
     }
 
     #[test]

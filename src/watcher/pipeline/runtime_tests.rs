@@ -4,7 +4,8 @@
 use super::tests::{put, setup, snapshot, Setup};
 use super::*;
 use crate::haproxy::admin::BoxFuture;
-use crate::haproxy::plan::{Op, Server};
+use crate::haproxy::config::Server;
+use crate::haproxy::plan::Op;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -46,7 +47,7 @@ impl RuntimeUpdate for FakeRuntime {
 
     fn before_reload<'a>(
         &'a self,
-        _configs: &'a [&'a crate::haproxy::plan::Config],
+        _configs: &'a [&'a crate::haproxy::config::Config],
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move { *self.before_reloads.lock().unwrap() += 1 })
     }
