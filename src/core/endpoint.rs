@@ -82,9 +82,11 @@ pub struct EndpointValue {
 }
 
 impl EndpointValue {
-    /// The value's JSON text, as the sidekick writes it into etcd.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("a struct of strings and numbers serializes")
+    /// The value's JSON text, as the sidekick writes it into etcd. (serde_json fails only on a
+    /// map with non-string keys or a failing `Serialize` impl, neither of which this has; the
+    /// error is passed on rather than unwrapped on a runtime path.)
+    pub fn to_json(&self) -> serde_json::Result<String> {
+        serde_json::to_string(self)
     }
 
     /// Checks the fields against the limits and the safe character set.
@@ -224,7 +226,7 @@ mod tests {
             tags: vec!["v2".into(), "zone=a".into()],
             weight: Some(50),
         };
-        let text = value.to_json();
+        let text = value.to_json().unwrap();
         assert_eq!(
             text,
             r#"{"container":"0123456789ab","hostname":"web-1","tags":["v2","zone=a"],"weight":50}"#
@@ -241,7 +243,7 @@ mod tests {
             }
         );
         // Absent fields are left out, so an empty value is `{}`.
-        assert_eq!(EndpointValue::default().to_json(), "{}");
+        assert_eq!(EndpointValue::default().to_json().unwrap(), "{}");
         assert_eq!(parse_value(b"{}").unwrap(), Metadata::default());
     }
 }

@@ -38,7 +38,7 @@ impl CallError {
     /// Whether the TLS handshake failed because etcd's certificate does not verify (a CA
     /// that did not sign it, a name it does not hold): a configuration error, which retrying
     /// does not heal. rustls says `invalid peer certificate: …`, somewhere in the source chain.
-    pub fn certificate_rejected(&self) -> bool {
+    pub(crate) fn certificate_rejected(&self) -> bool {
         let CallError::Etcd { error, .. } = self else {
             return false;
         };

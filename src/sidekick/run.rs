@@ -60,9 +60,9 @@ impl Source {
 }
 
 /// The value to write: JSON metadata ([`EndpointValue`]), or the legacy `running`.
-fn value(args: &SidekickArgs, found: Option<&Discovered>) -> String {
+fn value(args: &SidekickArgs, found: Option<&Discovered>) -> Result<String> {
     if args.legacy_value {
-        return LEGACY_VALUE.to_string();
+        return Ok(LEGACY_VALUE.to_string());
     }
     EndpointValue {
         container: found.map(|d| d.container_id.chars().take(12).collect()),
@@ -71,6 +71,7 @@ fn value(args: &SidekickArgs, found: Option<&Discovered>) -> String {
         weight: args.weight.map(u64::from),
     }
     .to_json()
+    .context("writing the endpoint value as JSON")
 }
 
 fn check_of(args: &SidekickArgs) -> Result<Check> {
@@ -289,7 +290,7 @@ pub async fn run(
                     need_resolve = false;
                 }
                 let key = prefix.endpoint_key(addr);
-                if reg.register(&key, &value(&args, found.as_ref())).await? {
+                if reg.register(&key, &value(&args, found.as_ref())?).await? {
                     tracing::info!(
                         key,
                         lease = format!("{:x}", reg.lease().unwrap_or_default()),
@@ -346,7 +347,7 @@ pub async fn run(
         (End::Fatal(e), app) => {
             if let Some(mut a) = app {
                 // Never registered: nothing to drain.
-                a.signal(libc::SIGTERM);
+                a.signal(Signal::TERM);
                 let status = a.wait().await;
                 tracing::info!(status, "app stopped");
             }
@@ -372,13 +373,19 @@ mod tests {
             hostname: "web-1".into(),
         };
         let v: serde_json::Value =
-            serde_json::from_str(&value(&args(&["--weight", "50"]), Some(&d))).unwrap();
+            serde_json::from_str(&value(&args(&["--weight", "50"]), Some(&d)).unwrap()).unwrap();
         assert_eq!(v["container"], "0123456789ab");
         assert_eq!(v["hostname"], "web-1");
         assert_eq!(v["weight"], 50);
-        assert_eq!(value(&args(&["--legacy-value"]), Some(&d)), "running");
+        assert_eq!(
+            value(&args(&["--legacy-value"]), Some(&d)).unwrap(),
+            "running"
+        );
         // What the sidekick writes, the watcher accepts.
-        assert!(crate::core::endpoint::parse_value(value(&args(&[]), Some(&d)).as_bytes()).is_ok());
+        assert!(crate::core::endpoint::parse_value(
+            value(&args(&[]), Some(&d)).unwrap().as_bytes()
+        )
+        .is_ok());
     }
 
     #[test]
@@ -390,7 +397,7 @@ mod tests {
             hostname: "web-1".into(),
         };
         assert_eq!(
-            value(&args(&["--weight", "50"]), Some(&d)),
+            value(&args(&["--weight", "50"]), Some(&d)).unwrap(),
             r#"{"container":"0123456789ab","hostname":"web-1","weight":50}"#
         );
         let unnamed = Discovered {
@@ -398,11 +405,14 @@ mod tests {
             ..d
         };
         assert_eq!(
-            value(&args(&[]), Some(&unnamed)),
+            value(&args(&[]), Some(&unnamed)).unwrap(),
             r#"{"container":"0123456789ab"}"#
         );
-        assert_eq!(value(&args(&["--weight", "0"]), None), r#"{"weight":0}"#);
-        assert_eq!(value(&args(&[]), None), "{}");
+        assert_eq!(
+            value(&args(&["--weight", "0"]), None).unwrap(),
+            r#"{"weight":0}"#
+        );
+        assert_eq!(value(&args(&[]), None).unwrap(), "{}");
     }
 
     #[test]
