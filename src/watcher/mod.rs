@@ -1,6 +1,6 @@
 //! `dockreg-haproxy`: the watcher that keeps HAProxy's backends in step with etcd.
 //!
-//! - [`args`]: the command line;
+//! - `args`: the command line, [`WatcherArgs`];
 //! - `build`: from the flags to a pipeline (every bad flag a usage error naming it);
 //! - `run`: watch mode — the etcd source, the template watch and the pipeline as supervised
 //!   workers, and the process's entry point [`run()`];
@@ -12,7 +12,7 @@
 //! - `templates`: the template files watched on disk;
 //! - `pipeline`: debounce, render, stage, route, validate, write, reload.
 
-pub mod args;
+mod args;
 mod build;
 pub(crate) mod catalog;
 mod oneshot;

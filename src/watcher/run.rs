@@ -17,9 +17,10 @@
 //!
 //! Shutdown: SIGTERM or SIGINT cancels the token. The source, forwarder and template watch
 //! stop at once; the pipeline finishes the step in progress and lets the runtime path's
-//! drains end, both within [`SHUTDOWN_GRACE`]; then the process exits 0. A worker that ends
-//! or fails before that cancels the others the same way, and the process exits 1 with its
-//! error.
+//! drains end, both within the shutdown grace period (`Timing::shutdown_grace`, 5 s, short
+//! of the 10 s a container runtime waits before SIGKILL); then the process exits 0. A worker
+//! that ends or fails before that cancels the others the same way, and the process exits 1
+//! with its error.
 
 use crate::core::process::Fatal;
 use crate::watcher::args::WatcherArgs;
@@ -33,13 +34,8 @@ use anyhow::{anyhow, Result};
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-/// How long, after a shutdown signal, the pipeline's step in progress and the runtime path's
-/// drains may take together (short of the 10 s a container runtime waits before SIGKILL).
-pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the watcher as the flags say until `shutdown` resolves (watch mode) or the one run is
 /// done (`--once`, `--dry-run`). `Ok` carries the exit status of a completed run (non-zero
@@ -65,7 +61,7 @@ async fn watch(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let token = CancellationToken::new();
-    let mut workers = Workers::new(token.clone(), SHUTDOWN_GRACE);
+    let mut workers = Workers::new(token.clone(), args.timing().shutdown_grace);
     let (tx, rx) = mpsc::channel::<Input>(1024);
     let (etcd_tx, etcd_rx) = mpsc::channel(1024);
 

@@ -24,10 +24,10 @@
 //! is not repeated for changes that need none (see `reload.rs`); a stopped HAProxy
 //! fails a reload in milliseconds, so the files keep following etcd meanwhile.
 
-pub mod debounce;
+mod debounce;
 mod diagnose;
 mod reload;
-pub mod route;
+mod route;
 mod write;
 
 use crate::core::backoff::Backoff;

@@ -14,11 +14,14 @@ pub(super) struct FakeValidator {
     pub(super) refuse: Arc<Mutex<Option<String>>>,
     pub(super) unavailable: Arc<Mutex<u32>>,
     pub(super) calls: Arc<Mutex<usize>>,
+    /// How long each check takes.
+    pub(super) delay: Duration,
 }
 
 impl Validate for FakeValidator {
     async fn validate(&self, files: &[PathBuf]) -> Result<(), CheckError> {
         *self.calls.lock().unwrap() += 1;
+        tokio::time::sleep(self.delay).await;
         {
             let mut u = self.unavailable.lock().unwrap();
             if *u > 0 {
@@ -357,4 +360,39 @@ async fn reload_retries_respect_the_minimum_interval() {
     assert!(
         retry >= Instant::now() + Timing::default().min_reload_interval - Duration::from_millis(20)
     );
+}
+
+/// A pipeline with a check that takes `check` to run, started through [`Pipeline::run`] with
+/// a first snapshot queued and a shutdown 100 ms in; returns when `run` does.
+async fn run_and_stop_during_a_check(check: Duration) -> (Setup, Stats, Duration) {
+    let mut s = setup();
+    s.v.delay = check;
+    s.p.validator = Some(s.v.clone());
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(snapshot(&["/service/10.0.0.1:80"])).await.unwrap();
+    let started = Instant::now();
+    let p = std::mem::replace(&mut s.p, setup().p);
+    let stats = p
+        .run(rx, tokio::time::sleep(Duration::from_millis(100)))
+        .await;
+    (s, stats, started.elapsed())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_lets_the_step_in_progress_finish() {
+    let (s, stats, took) = run_and_stop_during_a_check(Duration::from_secs(1)).await;
+    assert_eq!(stats.writes, 1, "the apply in progress was finished");
+    assert!(std::fs::read_to_string(&s.out)
+        .unwrap()
+        .contains("10.0.0.1_80"));
+    assert_eq!(took, Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_longer_than_the_grace_period_is_cut_short() {
+    let (s, stats, took) = run_and_stop_during_a_check(Duration::from_secs(60)).await;
+    assert_eq!(stats.writes, 0);
+    assert!(!s.out.exists(), "nothing written");
+    let grace = Timing::default().shutdown_grace;
+    assert_eq!(took, Duration::from_millis(100) + grace);
 }
