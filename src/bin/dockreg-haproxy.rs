@@ -1,19 +1,20 @@
 //! `dockreg-haproxy`: the watcher that keeps HAProxy's backends in step with etcd.
+//!
+//! Exit status: 0 after a clean stop (SIGTERM, SIGINT) or a successful `--once`/`--dry-run`;
+//! 2 for a usage error (clap's own parse errors, and the flag checks after parsing); 1 for a
+//! runtime failure. A fatal error is shown once.
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
+use dockreg::core::process::{init_logging, shutdown_signal};
 use dockreg::watcher::{run, WatcherArgs};
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = WatcherArgs::parse();
-    dockreg::core::process::init_logging(args.log_format);
-    match run(args).await {
+    init_logging(args.log_format);
+    match run(args, shutdown_signal()).await {
         Ok(code) => code,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("dockreg-haproxy: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(fatal) => fatal.report(WatcherArgs::command()),
     }
 }

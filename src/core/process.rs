@@ -1,4 +1,5 @@
-//! Process plumbing shared by both binaries: logging setup and the shutdown signal.
+//! Process plumbing shared by both binaries: logging setup, the shutdown signal, and how a
+//! fatal error ends the process (exit status 2 for usage errors, 1 for runtime failures).
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -39,5 +40,67 @@ pub async fn shutdown_signal() {
             _ = int.recv() => "SIGINT",
         };
         tracing::info!(signal = which, "shutting down");
+    }
+}
+
+/// Exit status of a usage error: what clap itself uses for a command line it cannot parse.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status of a runtime failure.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Why a program stops before its work is done, which decides its exit status and how the
+/// error is shown. A program reports its fatal error once, through [`Fatal::report`].
+#[derive(Debug)]
+pub enum Fatal {
+    /// The command line cannot work: a bad flag value, flags that conflict, a file a flag
+    /// names that is missing or unusable. Exit status 2, like clap's own parse errors.
+    Usage(anyhow::Error),
+    /// Something failed while running (etcd, HAProxy, files). Exit status 1.
+    Runtime(anyhow::Error),
+}
+
+impl Fatal {
+    /// A usage error.
+    pub fn usage(e: impl Into<anyhow::Error>) -> Self {
+        Self::Usage(e.into())
+    }
+
+    /// The exit status this error ends the process with.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            Self::Usage(_) => EXIT_USAGE,
+            Self::Runtime(_) => EXIT_FAILURE,
+        }
+    }
+
+    /// Shows the error once and returns the exit status. A usage error is printed the way
+    /// clap prints its own (`error: …`, the usage line, a pointer to `--help`); a runtime
+    /// failure is one error line of the log, in the log format the flags chose.
+    pub fn report(self, mut command: clap::Command) -> std::process::ExitCode {
+        let status = self.exit_status();
+        match self {
+            Self::Usage(e) => {
+                let _ = command
+                    .error(clap::error::ErrorKind::ValueValidation, format!("{e:#}"))
+                    .print();
+            }
+            Self::Runtime(e) => tracing::error!("{e:#}"),
+        }
+        std::process::ExitCode::from(status)
+    }
+}
+
+/// Any error not marked as a usage error is a runtime failure.
+impl From<anyhow::Error> for Fatal {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Runtime(e)
+    }
+}
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Usage(e) | Self::Runtime(e) => write!(f, "{e:#}"),
+        }
     }
 }

@@ -106,7 +106,7 @@ pub struct WatcherArgs {
 
 impl WatcherArgs {
     /// The service prefixes, validated.
-    pub fn service_prefixes(&self) -> Result<Vec<ServicePrefix>> {
+    pub(crate) fn service_prefixes(&self) -> Result<Vec<ServicePrefix>> {
         self.prefixes
             .iter()
             .map(|p| ServicePrefix::parse(p).map_err(|e| anyhow::anyhow!("--prefix: {e}")))
@@ -115,7 +115,7 @@ impl WatcherArgs {
 
     /// Template/output pairs: each --template with the --output at the same position, or the
     /// built-in template rendering to the single --output.
-    pub fn template_specs(&self) -> Result<Vec<TemplateSpec>> {
+    pub(crate) fn template_specs(&self) -> Result<Vec<TemplateSpec>> {
         if self.templates.is_empty() {
             let [output] = self.outputs.as_slice() else {
                 bail!("--output given {} times but no --template: the built-in template renders to one --output", self.outputs.len());
@@ -148,7 +148,7 @@ impl WatcherArgs {
         Ok(specs)
     }
 
-    pub fn timing(&self) -> Timing {
+    pub(crate) fn timing(&self) -> Timing {
         Timing {
             debounce: self.debounce,
             debounce_max: self.debounce_max,

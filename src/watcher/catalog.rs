@@ -41,6 +41,8 @@ pub struct Views {
 }
 
 impl Views {
+    /// Every view (tests).
+    #[cfg(test)]
     pub const ALL: Views = Views {
         context: true,
         server_lines: true,
@@ -108,7 +110,8 @@ pub fn display_key(key: &[u8]) -> String {
 
 impl Catalog {
     /// An empty catalog of the given services, keeping every view. Two prefixes may not share
-    /// a service name.
+    /// a service name. (Tests.)
+    #[cfg(test)]
     pub fn new(prefixes: Vec<ServicePrefix>) -> Result<Self> {
         Self::with_views(prefixes, Views::ALL)
     }
@@ -344,12 +347,14 @@ impl Catalog {
         out
     }
 
-    /// The template context as JSON (`Null` unless the catalog keeps it).
+    /// The template context as JSON (`Null` unless the catalog keeps it). (Tests.)
+    #[cfg(test)]
     pub fn context_json(&self) -> &Value {
         &self.root
     }
 
-    /// The endpoints of a service by index.
+    /// The endpoints of a service by index. (Tests.)
+    #[cfg(test)]
     pub fn endpoints(&self, idx: usize) -> &[Endpoint] {
         self.services
             .get(idx)

@@ -2,18 +2,23 @@
 //!
 //! The folders are watched rather than the files: editors and `mv` replace a file with a new
 //! inode, which a watch on the file itself would lose.
+//!
+//! The callback runs on notify's own thread and never blocks it: it hands each changed path to
+//! an unbounded channel (a send that cannot wait or fail while the receiver lives), and the
+//! watcher's template worker forwards them to the pipeline. No change is lost while the
+//! pipeline is busy; the queue holds one small path per event meanwhile.
 
-use crate::watcher::pipeline::Input;
 use anyhow::{Context as _, Result};
 use notify::{RecursiveMode, Watcher};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use tokio::sync::mpsc;
 
-/// Starts watching `templates` (canonical paths); keep the returned watcher alive.
-pub fn watch_templates(
+/// Starts watching `templates` (canonical paths) and sends each one that changes to `tx`;
+/// keep the returned watcher alive.
+pub(crate) fn watch_templates(
     templates: Vec<PathBuf>,
-    tx: mpsc::Sender<Input>,
+    tx: mpsc::UnboundedSender<PathBuf>,
 ) -> Result<Option<notify::RecommendedWatcher>> {
     if templates.is_empty() {
         return Ok(None);
@@ -31,7 +36,8 @@ pub fn watch_templates(
         for path in event.paths {
             if wanted.contains(&path) {
                 // The pipeline re-reads the file and ignores it when its text did not change.
-                let _ = tx.blocking_send(Input::Template(path));
+                // Never blocks; fails only once the receiver is gone (shutting down).
+                let _ = tx.send(path);
             }
         }
     })

@@ -2,10 +2,11 @@
 //!
 //! A change that arrives after a quiet stretch (no change for `quiet`) is due at once. A change
 //! that arrives while others are recent is held until the changes stop for `quiet`, but never
-//! longer than `max_wait` after the first held change. Pure logic over `Instant`s, so it is
-//! unit-tested without a clock.
+//! longer than `max_wait` after the first held change. Pure logic over tokio's `Instant`s
+//! (the clock the pipeline runs on, which tests can pause), unit-tested without a clock.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 #[derive(Debug, Clone)]
 pub struct Debounce {

@@ -24,10 +24,10 @@
 //! is not repeated for changes that need none (see `reload.rs`); a stopped HAProxy
 //! fails a reload in milliseconds, so the files keep following etcd meanwhile.
 
-pub mod debounce;
+mod debounce;
 mod diagnose;
 mod reload;
-pub mod route;
+mod route;
 mod write;
 
 use crate::core::backoff::Backoff;
@@ -41,8 +41,9 @@ use debounce::Debounce;
 use route::Routed;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// Something the pipeline reacts to.
 #[derive(Debug)]
@@ -64,6 +65,9 @@ pub struct Timing {
     /// Backoff for retrying a failed reload.
     pub retry_min: Duration,
     pub retry_max: Duration,
+    /// At shutdown, how long the step in progress and the runtime path's drains may take
+    /// together.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Timing {
@@ -74,6 +78,7 @@ impl Default for Timing {
             min_reload_interval: Duration::from_millis(500),
             retry_min: Duration::from_millis(500),
             retry_max: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
@@ -631,30 +636,46 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         self.reloads.pending()
     }
 
-    /// Runs until `rx` closes or `shutdown` resolves.
-    pub async fn run(
+    /// Runs until `rx` closes or `shutdown` resolves. At shutdown the step in progress (an
+    /// apply, a reload) is finished rather than cut short, so the files and HAProxy are left
+    /// consistent; it and the runtime path's drains get [`Timing::shutdown_grace`] together.
+    pub(crate) async fn run(
         mut self,
         mut rx: mpsc::Receiver<Input>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Stats {
         tokio::pin!(shutdown);
-        loop {
+        let grace = self.timing.shutdown_grace;
+        let deadline = loop {
             let due = self.next_due();
             if due.is_some_and(|d| d <= Instant::now()) {
-                // Due now: no timer (tokio's have millisecond granularity). A stuck
-                // validation or reload still gives way to a shutdown.
-                tokio::select! {
-                    biased;
-                    _ = &mut shutdown => break,
-                    _ = self.tick(Instant::now()) => {}
+                // Due now: no timer (tokio's have millisecond granularity). A shutdown waits
+                // for the step in progress, for at most the grace period.
+                let stopping = {
+                    let tick = self.tick(Instant::now());
+                    tokio::pin!(tick);
+                    tokio::select! {
+                        biased;
+                        _ = &mut shutdown => {
+                            let deadline = Instant::now() + grace;
+                            if tokio::time::timeout_at(deadline, &mut tick).await.is_err() {
+                                tracing::warn!(?grace, "the step in progress did not finish within the shutdown grace period; stopping anyway");
+                            }
+                            Some(deadline)
+                        }
+                        _ = &mut tick => None,
+                    }
+                };
+                match stopping {
+                    Some(deadline) => break deadline,
+                    None => continue,
                 }
-                continue;
             }
             tokio::select! {
                 biased;
-                _ = &mut shutdown => break,
+                _ = &mut shutdown => break Instant::now() + grace,
                 msg = rx.recv() => {
-                    let Some(input) = msg else { break };
+                    let Some(input) = msg else { break Instant::now() + grace };
                     let now = Instant::now();
                     self.handle(input, now);
                     // Take everything already queued before deciding: a burst is one apply.
@@ -665,8 +686,22 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                 // Due: the top of the loop runs it.
                 _ = sleep_until_opt(due) => {}
             }
-        }
+        };
+        self.finish_drains(deadline.saturating_duration_since(Instant::now()))
+            .await;
         self.stats
+    }
+
+    /// At shutdown: lets the runtime path's drains (servers removed at runtime, finishing
+    /// their requests before they are deleted) end within `grace`.
+    async fn finish_drains(&self, grace: Duration) {
+        let Some(runtime) = &self.runtime else {
+            return;
+        };
+        // MERGE(issue 9, drains): the runtime seam gains an async shutdown that awaits its
+        // tracked drains for at most `grace`; call it here:
+        //     runtime.shutdown(grace).await;
+        let _ = (runtime, grace);
     }
 }
 
@@ -708,7 +743,7 @@ fn describe(ops: &[crate::haproxy::plan::Op]) -> String {
 
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
+        Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
     }
 }

@@ -20,7 +20,8 @@ use super::Timing;
 use crate::core::backoff::Backoff;
 use crate::haproxy::ReloadError;
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
 
 /// The fastest retry while HAProxy is not there (an attempt costs a failed `connect`).
 const UNREACHABLE_RETRY_MAX: Duration = Duration::from_secs(1);

@@ -78,7 +78,7 @@ async fn started() -> (Setup, FakeRuntime) {
     (s, rt)
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_server_change_is_applied_at_runtime_written_and_not_reloaded() {
     let (mut s, rt) = started().await;
     s.p.handle(put("/service/10.0.0.2:80", "running"), Instant::now());
@@ -100,7 +100,7 @@ async fn a_server_change_is_applied_at_runtime_written_and_not_reloaded() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_change_right_after_a_reload_is_not_held_back() {
     let (mut s, _rt) = started().await;
     let now = Instant::now();
@@ -114,7 +114,7 @@ async fn a_change_right_after_a_reload_is_not_held_back() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_failed_runtime_update_falls_back_to_a_reload() {
     let (mut s, rt) = started().await;
     *rt.fail.lock().unwrap() = Some("`add server`: HAProxy answered \"nope\"".into());
@@ -128,7 +128,7 @@ async fn a_failed_runtime_update_falls_back_to_a_reload() {
     assert_eq!(*rt.after_reloads.lock().unwrap(), 2, "drains forgotten");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_refused_candidate_after_a_runtime_update_reloads_the_live_files() {
     let (mut s, rt) = started().await;
     let live = std::fs::read_to_string(&s.out).unwrap();
@@ -147,7 +147,7 @@ async fn a_refused_candidate_after_a_runtime_update_reloads_the_live_files() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn while_a_reload_is_pending_changes_go_with_it() {
     let (mut s, rt) = started().await;
     *s.r.fail.lock().unwrap() = 1;
@@ -166,7 +166,7 @@ async fn while_a_reload_is_pending_changes_go_with_it() {
     assert!(s.p.reload_pending());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_removal_and_a_weight_change_are_runtime_operations() {
     let (mut s, rt) = started().await;
     s.p.handle(put("/service/10.0.0.2:80", "running"), Instant::now());
@@ -202,7 +202,7 @@ async fn a_removal_and_a_weight_change_are_runtime_operations() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_long_burst_is_applied_every_debounce_period() {
     let (mut s, rt) = started().await;
     let t0 = Instant::now();
@@ -220,7 +220,7 @@ async fn a_long_burst_is_applied_every_debounce_period() {
     drop(rt);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_file_that_cannot_be_written_sends_nothing_to_haproxy_and_is_retried() {
     let (mut s, rt) = started().await;
     let folder = s.out.parent().unwrap().to_path_buf();
@@ -237,7 +237,7 @@ async fn a_file_that_cannot_be_written_sends_nothing_to_haproxy_and_is_retried()
     // The folder comes back (space freed, remounted read-write): the retry applies it all.
     std::fs::create_dir_all(&folder).unwrap();
     std::fs::write(&s.out, saved).unwrap();
-    tokio::time::sleep_until(retry.into()).await;
+    tokio::time::sleep_until(retry).await;
     s.p.tick(Instant::now()).await;
     assert_eq!(
         *rt.applied.lock().unwrap(),

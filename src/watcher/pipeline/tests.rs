@@ -14,11 +14,14 @@ pub(super) struct FakeValidator {
     pub(super) refuse: Arc<Mutex<Option<String>>>,
     pub(super) unavailable: Arc<Mutex<u32>>,
     pub(super) calls: Arc<Mutex<usize>>,
+    /// How long each check takes.
+    pub(super) delay: Duration,
 }
 
 impl Validate for FakeValidator {
     async fn validate(&self, files: &[PathBuf]) -> Result<(), CheckError> {
         *self.calls.lock().unwrap() += 1;
+        tokio::time::sleep(self.delay).await;
         {
             let mut u = self.unavailable.lock().unwrap();
             if *u > 0 {
@@ -125,7 +128,7 @@ pub(super) fn put(key: &str, value: &str) -> Input {
     })
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn nothing_is_rendered_before_the_first_snapshot() {
     let mut s = setup();
     s.p.handle(put("/service/10.0.0.1:80", "running"), Instant::now());
@@ -134,7 +137,7 @@ async fn nothing_is_rendered_before_the_first_snapshot() {
     assert!(!s.out.exists());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn first_snapshot_is_due_at_once_and_written_then_reloaded() {
     let mut s = setup();
     let now = Instant::now();
@@ -147,7 +150,7 @@ async fn first_snapshot_is_due_at_once_and_written_then_reloaded() {
     assert!(!s.p.reload_pending());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn up_to_date_files_at_start_are_reloaded_once() {
     let mut s = setup();
     s.p.handle(snapshot(&["/service/10.0.0.1:80"]), Instant::now());
@@ -185,7 +188,7 @@ async fn up_to_date_files_at_start_are_reloaded_once() {
     assert!(!t.p.reload_pending(), "later no-op changes do not reload");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn unchanged_output_is_neither_validated_nor_reloaded() {
     let mut s = setup();
     s.p.handle(snapshot(&["/service/10.0.0.1:80"]), Instant::now());
@@ -202,7 +205,7 @@ async fn unchanged_output_is_neither_validated_nor_reloaded() {
     assert_eq!(*s.r.attempts.lock().unwrap(), reloads);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn refused_candidate_keeps_the_live_file_and_is_not_rechecked() {
     let mut s = setup();
     s.p.handle(snapshot(&["/service/10.0.0.1:80"]), Instant::now());
@@ -239,7 +242,7 @@ async fn refused_candidate_keeps_the_live_file_and_is_not_rechecked() {
         .contains("10.0.0.3_80"));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn failed_reload_is_retried_with_backoff() {
     let mut s = setup_with(Timing {
         min_reload_interval: Duration::from_millis(10),
@@ -255,11 +258,11 @@ async fn failed_reload_is_retried_with_backoff() {
         let failed_at = Instant::now();
         let retry_at = s.p.next_due().unwrap();
         delays.push((retry_at - failed_at).as_millis());
-        tokio::time::sleep_until(retry_at.into()).await;
+        tokio::time::sleep_until(retry_at).await;
         s.p.tick(Instant::now()).await;
     }
-    // 100 ms doubling up to 250 ms (each read a moment after the failure, so at most 1 ms
-    // short).
+    // 100 ms doubling up to 250 ms (exact on paused time; the bounds also allow a read a
+    // moment after the failure, up to 2 ms short).
     let want = [100u128, 200, 250];
     assert_eq!(delays.len(), want.len(), "{delays:?}");
     for (got, want) in delays.iter().zip(want) {
@@ -269,7 +272,7 @@ async fn failed_reload_is_retried_with_backoff() {
     assert_eq!((s.p.stats.reloads, s.p.stats.reload_failures), (1, 3));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn renders_wait_for_the_minimum_reload_interval() {
     let mut s = setup();
     s.p.handle(snapshot(&["/service/10.0.0.1:80"]), Instant::now());
@@ -282,7 +285,7 @@ async fn renders_wait_for_the_minimum_reload_interval() {
     assert!(due >= reloaded + Timing::default().min_reload_interval - Duration::from_millis(5));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn broken_template_edit_keeps_the_last_good_template() {
     let dir = tempfile::tempdir().unwrap();
     let tpl = dir.path().join("t.tera");
@@ -328,7 +331,7 @@ async fn broken_template_edit_keeps_the_last_good_template() {
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "v2\n");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn transient_check_failure_is_retried_without_a_new_change() {
     let mut s = setup();
     *s.v.unavailable.lock().unwrap() = 1;
@@ -339,7 +342,7 @@ async fn transient_check_failure_is_retried_without_a_new_change() {
         "nothing written while the check could not run"
     );
     let retry = s.p.next_due().expect("a retry is scheduled");
-    tokio::time::sleep_until(retry.into()).await;
+    tokio::time::sleep_until(retry).await;
     s.p.tick(Instant::now()).await;
     assert!(std::fs::read_to_string(&s.out)
         .unwrap()
@@ -347,7 +350,7 @@ async fn transient_check_failure_is_retried_without_a_new_change() {
     assert_eq!(*s.r.attempts.lock().unwrap(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn reload_retries_respect_the_minimum_interval() {
     let mut s = setup();
     *s.r.fail.lock().unwrap() = 1;
@@ -357,4 +360,39 @@ async fn reload_retries_respect_the_minimum_interval() {
     assert!(
         retry >= Instant::now() + Timing::default().min_reload_interval - Duration::from_millis(20)
     );
+}
+
+/// A pipeline with a check that takes `check` to run, started through [`Pipeline::run`] with
+/// a first snapshot queued and a shutdown 100 ms in; returns when `run` does.
+async fn run_and_stop_during_a_check(check: Duration) -> (Setup, Stats, Duration) {
+    let mut s = setup();
+    s.v.delay = check;
+    s.p.validator = Some(s.v.clone());
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(snapshot(&["/service/10.0.0.1:80"])).await.unwrap();
+    let started = Instant::now();
+    let p = std::mem::replace(&mut s.p, setup().p);
+    let stats = p
+        .run(rx, tokio::time::sleep(Duration::from_millis(100)))
+        .await;
+    (s, stats, started.elapsed())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_lets_the_step_in_progress_finish() {
+    let (s, stats, took) = run_and_stop_during_a_check(Duration::from_secs(1)).await;
+    assert_eq!(stats.writes, 1, "the apply in progress was finished");
+    assert!(std::fs::read_to_string(&s.out)
+        .unwrap()
+        .contains("10.0.0.1_80"));
+    assert_eq!(took, Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_longer_than_the_grace_period_is_cut_short() {
+    let (s, stats, took) = run_and_stop_during_a_check(Duration::from_secs(60)).await;
+    assert_eq!(stats.writes, 0);
+    assert!(!s.out.exists(), "nothing written");
+    let grace = Timing::default().shutdown_grace;
+    assert_eq!(took, Duration::from_millis(100) + grace);
 }

@@ -72,7 +72,8 @@ pub struct StoreIdentity {
 }
 
 impl StoreIdentity {
-    /// An identity that knows the store from a listing's header.
+    /// An identity that knows the store from a listing's header. (Tests.)
+    #[cfg(test)]
     pub fn listed(stamp: Stamp) -> Self {
         Self {
             cluster_id: Some(stamp.cluster_id),

@@ -8,6 +8,5 @@ mod list;
 mod stream;
 mod watch;
 
-pub use identity::{Observation, Stamp, StoreIdentity, Why};
 pub use list::list_services;
-pub use watch::{watch_services, KvChange, WatchEvent, CHECK_EVERY};
+pub use watch::{watch_services, KvChange, WatchEvent};

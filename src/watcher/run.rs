@@ -1,0 +1,157 @@
+//! Watch mode wiring, and the watcher's entry point [`run`].
+//!
+//! Four supervised workers ([`Workers`]) share one cancellation token:
+//!
+//! ```text
+//! etcd source ──WatchEvent──► etcd forwarder ──┐
+//!                                              ├──Input──► pipeline ──► files, HAProxy
+//! notify thread ──path──► template watch ──────┘
+//! ```
+//!
+//! - **etcd source**: [`watch_services`], list then watch every prefix, for ever;
+//! - **etcd forwarder**: its events into the pipeline's input channel;
+//! - **template watch**: owns the notify watcher; the changed template paths its callback
+//!   queues into the pipeline's input channel (only when `--template` is given);
+//! - **pipeline**: [`Pipeline::run`](crate::watcher::pipeline::Pipeline::run), the one task
+//!   that owns all state.
+//!
+//! Shutdown: SIGTERM or SIGINT cancels the token. The source, forwarder and template watch
+//! stop at once; the pipeline finishes the step in progress and lets the runtime path's
+//! drains end, both within the shutdown grace period (`Timing::shutdown_grace`, 5 s, short
+//! of the 10 s a container runtime waits before SIGKILL); then the process exits 0. A worker
+//! that ends or fails before that cancels the others the same way, and the process exits 1
+//! with its error.
+
+use crate::core::process::Fatal;
+use crate::watcher::args::WatcherArgs;
+use crate::watcher::build::{build, prepare_state_file, remove_stale_temporaries, WatcherPipeline};
+use crate::watcher::oneshot::one_shot;
+use crate::watcher::pipeline::Input;
+use crate::watcher::source::{watch_services, WatchEvent};
+use crate::watcher::supervise::Workers;
+use crate::watcher::templates::watch_templates;
+use anyhow::{anyhow, Result};
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Runs the watcher as the flags say until `shutdown` resolves (watch mode) or the one run is
+/// done (`--once`, `--dry-run`). `Ok` carries the exit status of a completed run (non-zero
+/// for a `--once`/`--dry-run` failure); `Err` is a fatal error, a usage error or a runtime
+/// failure, for [`Fatal::report`].
+pub async fn run(args: WatcherArgs, shutdown: impl Future<Output = ()>) -> Result<ExitCode, Fatal> {
+    let pipeline = build(&args)?;
+    if !args.dry_run {
+        remove_stale_temporaries(&args, &pipeline)?;
+    }
+    if args.once || args.dry_run {
+        return Ok(one_shot(&args, pipeline).await?);
+    }
+    prepare_state_file(&args)?;
+    watch(&args, pipeline, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Watch mode: the workers, supervised until `shutdown` or a worker's failure.
+async fn watch(
+    args: &WatcherArgs,
+    pipeline: WatcherPipeline,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let token = CancellationToken::new();
+    let mut workers = Workers::new(token.clone(), args.timing().shutdown_grace);
+    let (tx, rx) = mpsc::channel::<Input>(1024);
+    let (etcd_tx, etcd_rx) = mpsc::channel(1024);
+
+    let source = watch_services(args.etcd.clone(), args.service_prefixes()?, etcd_tx);
+    let t = token.clone();
+    workers.spawn("etcd source", async move {
+        tokio::select! {
+            biased;
+            _ = t.cancelled() => Ok(()),
+            () = source => Err(anyhow!("the etcd watch ended")),
+        }
+    });
+    workers.spawn(
+        "etcd forwarder",
+        forward_etcd(etcd_rx, tx.clone(), token.clone()),
+    );
+
+    let templates: Vec<PathBuf> = pipeline.renderer.template_paths().map(Into::into).collect();
+    let (changed_tx, changed_rx) = mpsc::unbounded_channel();
+    if let Some(watcher) = watch_templates(templates, changed_tx)? {
+        let work = forward_templates(watcher, changed_rx, tx, token.clone());
+        workers.spawn("template watch", work);
+    }
+
+    tracing::info!(
+        etcd = %args.etcd.endpoints.join(","),
+        services = ?pipeline.catalog.services().iter().map(|s| s.prefix.to_string()).collect::<Vec<_>>(),
+        outputs = ?pipeline.renderer.specs().iter().map(|s| s.output.display().to_string()).collect::<Vec<_>>(),
+        "dockreg-haproxy started"
+    );
+    let t = token.clone();
+    workers.spawn("pipeline", async move {
+        let stats = pipeline.run(rx, t.clone().cancelled_owned()).await;
+        tracing::info!(?stats, "stopped");
+        if t.is_cancelled() {
+            Ok(())
+        } else {
+            Err(anyhow!("its input closed"))
+        }
+    });
+    workers.supervise(shutdown).await
+}
+
+/// Sends `item` on `tx` unless the token is cancelled first; `Ok(false)` when cancelled.
+async fn send_or_stop<T>(tx: &mpsc::Sender<T>, item: T, token: &CancellationToken) -> Result<bool> {
+    tokio::select! {
+        biased;
+        _ = token.cancelled() => Ok(false),
+        sent = tx.send(item) => match sent {
+            Ok(()) => Ok(true),
+            Err(_) => Err(anyhow!("the pipeline stopped taking input")),
+        },
+    }
+}
+
+/// The etcd forwarder: the source's events into the pipeline's input.
+async fn forward_etcd(
+    mut events: mpsc::Receiver<WatchEvent>,
+    tx: mpsc::Sender<Input>,
+    token: CancellationToken,
+) -> Result<()> {
+    loop {
+        let event = tokio::select! {
+            biased;
+            _ = token.cancelled() => return Ok(()),
+            event = events.recv() => event.ok_or_else(|| anyhow!("the etcd source stopped sending"))?,
+        };
+        if !send_or_stop(&tx, Input::Etcd(event), &token).await? {
+            return Ok(());
+        }
+    }
+}
+
+/// The template watch: keeps the notify watcher alive and forwards the template paths its
+/// callback queued into the pipeline's input.
+async fn forward_templates(
+    watcher: notify::RecommendedWatcher,
+    mut changed: mpsc::UnboundedReceiver<PathBuf>,
+    tx: mpsc::Sender<Input>,
+    token: CancellationToken,
+) -> Result<()> {
+    let _watcher = watcher;
+    loop {
+        let path = tokio::select! {
+            biased;
+            _ = token.cancelled() => return Ok(()),
+            path = changed.recv() => path.ok_or_else(|| anyhow!("the template file watcher stopped"))?,
+        };
+        if !send_or_stop(&tx, Input::Template(path), &token).await? {
+            return Ok(());
+        }
+    }
+}
