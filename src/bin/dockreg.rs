@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 use clap::{parser::ValueSource, CommandFactory, FromArgMatches};
+use dockreg::core::process::Fatal;
 use dockreg::sidekick::{run, stop_signal, SidekickArgs};
 use std::process::ExitCode;
 
@@ -16,17 +17,15 @@ async fn main() -> ExitCode {
     dockreg::core::process::init_logging(args.log_format);
     // The watcher may default to a local etcd; a sidekick must be told where etcd is.
     if matches.value_source("endpoints") == Some(ValueSource::DefaultValue) {
-        eprintln!(
-            "dockreg: --etcd is required (or DOCKREG_ETCD): the etcd endpoints, comma-separated"
-        );
-        return ExitCode::from(2);
+        return Fatal::usage(anyhow::anyhow!(
+            "--etcd is required (or DOCKREG_ETCD): the etcd endpoints, comma-separated"
+        ))
+        .report(SidekickArgs::command());
     }
+    // The app's own exit status in wrapper mode; a fatal error is shown once (exit 2 for a
+    // usage error, 1 for a runtime failure).
     match run(args, stop_signal()).await {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("dockreg: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(fatal) => fatal.report(SidekickArgs::command()),
     }
 }

@@ -17,7 +17,8 @@ use super::tasks::Notice;
 use super::wrapper::App;
 use crate::core::backoff::Backoff;
 use crate::core::endpoint::{EndpointValue, LEGACY_VALUE};
-use anyhow::{bail, Context as _, Result};
+use crate::core::process::Fatal;
+use anyhow::{anyhow, Context as _, Result};
 use rustix::process::Signal;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -88,18 +89,21 @@ fn check_of(args: &SidekickArgs) -> Result<Check> {
     })
 }
 
-/// Checks the flags and works out where the address comes from; every error names its flag.
-fn source_of(args: &SidekickArgs) -> Result<Source> {
+/// Checks the flags and works out where the address comes from; every flag error names its
+/// flag and is a usage error.
+fn source_of(args: &SidekickArgs) -> Result<Source, Fatal> {
     if let Some(hp) = args.host_port {
         let Some(ip) = args.ip else {
-            bail!("--host-port needs --ip (the host address to register)");
+            return Err(Fatal::usage(anyhow!(
+                "--host-port needs --ip (the host address to register)"
+            )));
         };
         if hp == 0 {
-            bail!("--host-port 0 is not a port");
+            return Err(Fatal::usage(anyhow!("--host-port 0 is not a port")));
         }
         return Ok(Source::Fixed(SocketAddr::new(ip, hp)));
     }
-    let container = own_container_id(args.container.as_deref())?;
+    let container = own_container_id(args.container.as_deref()).map_err(anyhow::Error::from)?;
     Ok(Source::Docker {
         socket: args.docker.clone(),
         container,
@@ -151,10 +155,12 @@ fn certificate_error(e: anyhow::Error, args: &SidekickArgs) -> anyhow::Error {
 pub async fn run(
     args: SidekickArgs,
     shutdown: impl Future<Output = Result<StopSignal>>,
-) -> Result<i32> {
-    let prefix = args.prefix().map_err(|e| anyhow::anyhow!("--key: {e}"))?;
-    args.etcd.validate()?;
-    let check = check_of(&args)?;
+) -> Result<i32, Fatal> {
+    let prefix = args
+        .prefix()
+        .map_err(|e| Fatal::usage(anyhow!("--key: {e}")))?;
+    args.etcd.validate().map_err(Fatal::usage)?;
+    let check = check_of(&args).map_err(Fatal::usage)?;
     if args.timeout >= args.interval {
         tracing::warn!(timeout = ?args.timeout, interval = ?args.interval, "--timeout is not shorter than --interval");
     }
@@ -351,7 +357,7 @@ pub async fn run(
                 let status = a.wait().await;
                 tracing::info!(status, "app stopped");
             }
-            Err(e)
+            Err(Fatal::Runtime(e))
         }
     }
 }

@@ -145,7 +145,7 @@ fn warn_on_default_server(base: &std::path::Path) {
     let Ok(text) = std::fs::read_to_string(base) else {
         return;
     };
-    let config = crate::haproxy::plan::parse(&text);
+    let config = crate::haproxy::config::parse(&text);
     for section in config.sections.iter().filter(|s| s.kind == "defaults") {
         if section
             .directives

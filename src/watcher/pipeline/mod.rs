@@ -698,10 +698,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         let Some(runtime) = &self.runtime else {
             return;
         };
-        // MERGE(issue 9, drains): the runtime seam gains an async shutdown that awaits its
-        // tracked drains for at most `grace`; call it here:
-        //     runtime.shutdown(grace).await;
-        let _ = (runtime, grace);
+        runtime.shutdown(grace).await;
     }
 }
 
