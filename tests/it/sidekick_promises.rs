@@ -276,7 +276,7 @@ async fn registers_over_tls_and_a_wrong_ca_is_a_clear_error() {
     assert_eq!(code, "1", "{log}");
     let err = log
         .lines()
-        .find(|l| l.starts_with("dockreg: "))
+        .find(|l| l.contains("ERROR") && l.contains("--etcd-ca"))
         .unwrap_or_else(|| panic!("no error line: {log}"));
     assert!(
         err.contains("--etcd-ca /other/ca.pem") && err.contains(&url),
