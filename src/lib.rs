@@ -9,6 +9,7 @@
 //!   validation and reload;
 //! - [`sidekick`]: `dockreg` — Docker discovery, health checks, lease registration, wrapper.
 
+#![forbid(unsafe_code)]
 // No unwrap, expect or panic on a runtime path: errors are values that name what is at fault.
 #![cfg_attr(
     not(test),
