@@ -16,10 +16,13 @@
 //!   `retry_max`, never faster than the reload interval.
 
 use super::diagnose;
-use super::Timing;
+use super::{Pipeline, Running, Timing};
 use crate::core::backoff::Backoff;
-use crate::haproxy::ReloadError;
+use crate::haproxy::config::Config;
+use crate::haproxy::{Reload, ReloadError, Validate};
 use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
@@ -202,6 +205,66 @@ impl Schedule {
         self.blocked
             .as_ref()
             .is_some_and(|b| b.until > Instant::now())
+    }
+}
+
+impl<V: Validate, R: Reload> Pipeline<V, R> {
+    /// Reloads HAProxy; on failure schedules a retry as the kind of failure calls for.
+    pub async fn reload(&mut self) -> bool {
+        let started = Instant::now();
+        // The files HAProxy is about to load. With a runtime API they are parsed: the server
+        // state is saved against them, and they are what HAProxy runs afterwards.
+        let loading: Vec<Option<Arc<Config>>> = match &self.runtime {
+            Some(_) => self
+                .disk
+                .iter()
+                .map(|d| {
+                    d.as_deref()
+                        .map(|t| Arc::new(crate::haproxy::config::parse(t)))
+                })
+                .collect(),
+            None => vec![None; self.disk.len()],
+        };
+        if let Some(rt) = &self.runtime {
+            let refs: Vec<&Config> = loading.iter().flatten().map(|c| c.as_ref()).collect();
+            rt.before_reload(&refs).await;
+        }
+        let base = self
+            .validator
+            .as_ref()
+            .and_then(|v| v.base_path())
+            .map(Path::to_path_buf);
+        let binds = diagnose::binds_of(base.as_deref(), &self.disk);
+        match self.reloader.reload().await {
+            Ok(detail) => {
+                self.stats.reloads += 1;
+                for (i, config) in loading.into_iter().enumerate() {
+                    self.running[i] = match (config, &self.disk[i]) {
+                        (Some(c), _) => Running::Parsed(c),
+                        (None, Some(_)) => Running::Disk,
+                        (None, None) => Running::Unknown("a new output file"),
+                    };
+                }
+                self.reloads.succeeded(binds);
+                if let Some(rt) = &self.runtime {
+                    rt.after_reload();
+                }
+                tracing::info!(took = ?started.elapsed(), %detail, "HAProxy reloaded");
+                true
+            }
+            Err(e) => {
+                self.stats.reload_failures += 1;
+                if !matches!(e, ReloadError::Refused(_)) {
+                    // HAProxy is down, or may have loaded the files or not: only a reload
+                    // that works makes what it runs known again. (A refused reload leaves the
+                    // previous worker serving what it ran.)
+                    let all: Vec<usize> = (0..self.running.len()).collect();
+                    self.forget_running(&all, "the last reload did not complete");
+                }
+                self.reloads.failed(e, &binds);
+                false
+            }
+        }
     }
 }
 

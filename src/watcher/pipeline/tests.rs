@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::core::keys::ServicePrefix;
+use crate::haproxy::{CheckError, ReloadError};
 use crate::watcher::catalog::Catalog;
 use crate::watcher::render::{Renderer, TemplateSpec};
 use crate::watcher::source::{KvChange, WatchEvent};

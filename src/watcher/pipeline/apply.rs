@@ -1,0 +1,325 @@
+//! One apply: render, stage, route (runtime commands now, a reload for the rest), validate,
+//! write — and the bookkeeping of what HAProxy runs that the next apply plans against.
+
+use super::route::{self, Routed};
+use super::{write, Applied, Pipeline, Running};
+use crate::haproxy::config::Config;
+use crate::haproxy::{CheckError, Reload, Validate};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+impl<V: Validate, R: Reload> Pipeline<V, R> {
+    /// Renders every template and, if any output changed, stages, routes, validates and
+    /// writes the set.
+    ///
+    /// The order keeps one invariant: **HAProxy never routes by anything the files on disk
+    /// will not hold.** The changed outputs are staged (written and fsynced beside the live
+    /// files) before any runtime command goes out, so a full disk or a read-only folder stops
+    /// the apply before HAProxy changes; the runtime commands come next (HAProxy routes the new
+    /// way before `haproxy -c` ends); a candidate `haproxy -c` refuses after all makes HAProxy
+    /// reload the files on disk; a reload only ever loads files completely written.
+    pub async fn apply(&mut self) -> Applied {
+        if !self.synced {
+            return Applied::NotSynced;
+        }
+        self.stats.applies += 1;
+        if self.reload_templates() {
+            self.reloads.operator_changed("a template changed");
+        }
+        let started = Instant::now();
+        let rendered = self.renderer.render_all(&mut self.catalog);
+        let render_time = started.elapsed();
+        let mut candidates: Vec<Option<String>> = Vec::with_capacity(rendered.len());
+        self.render_errors.clear();
+        for (i, r) in rendered.into_iter().enumerate() {
+            match r {
+                Ok(text) => candidates.push(Some(text)),
+                Err(e) => {
+                    tracing::error!(error = %e, output = %self.renderer.specs()[i].output.display(), "render failed; keeping the live file");
+                    self.render_errors.push(e.0);
+                    candidates.push(self.disk[i].clone());
+                }
+            }
+        }
+        let changed: Vec<usize> = (0..candidates.len())
+            .filter(|&i| candidates[i].is_some() && candidates[i] != self.disk[i])
+            .collect();
+        let first = !self.started;
+        self.started = true;
+        if changed.is_empty() {
+            tracing::debug!(?render_time, "rendered; no output changed");
+            if first && self.reload_enabled {
+                // The files may be newer than what HAProxy runs (a previous watcher stopped
+                // between writing and reloading): reload once at start to be sure.
+                tracing::info!("outputs already up to date; reloading once at start");
+                self.schedule_reload("first update since start");
+            }
+            return if self.render_errors.is_empty() {
+                Applied::Unchanged
+            } else {
+                Applied::Rejected(self.render_errors.join("; "))
+            };
+        }
+        let base = self.validator.as_ref().and_then(|v| v.base_fingerprint());
+        if self.reloads.base_changed(base) {
+            self.reloads
+                .operator_changed("the base configuration changed");
+        }
+        if self
+            .refused
+            .as_ref()
+            .is_some_and(|(c, b)| *c == candidates && *b == base)
+        {
+            return Applied::Rejected("candidate unchanged since haproxy -c refused it".into());
+        }
+        // 1. Stage: nothing reaches HAProxy before the new files are safely beside the live
+        //    ones.
+        let staged = match write::stage(self.renderer.specs(), &candidates, &changed) {
+            Ok(staged) => staged,
+            Err(e) => return self.write_failed(e),
+        };
+        // 2. Route, and send what the runtime API can apply now.
+        let route_started = Instant::now();
+        let routed = self.route(&candidates, &changed);
+        let route_time = route_started.elapsed();
+        let runtime_outcome = match (&routed, &self.runtime) {
+            (Some(r), Some(rt)) if !r.ops.is_empty() => {
+                let result = rt.apply(&r.ops, &r.expected).await;
+                tracing::debug!(?render_time, ?route_time, runtime_done = ?started.elapsed(), "runtime update sent");
+                Some(result)
+            }
+            _ => None,
+        };
+        let (path, reason, reload_why) = self.path_taken(&routed, &runtime_outcome);
+        // 3. Validate the staged set and rename it over the live files.
+        let (written, result) = write::validate_and_commit(
+            self.renderer.specs(),
+            self.validator.as_ref(),
+            &self.disk,
+            staged,
+        )
+        .await;
+        for &i in &written {
+            self.disk[i] = candidates[i].take();
+        }
+        let sent_ok = matches!(runtime_outcome, Some(Ok(_)));
+        match &result {
+            Err(CheckError::Refused(_)) if sent_ok => {
+                // HAProxy has servers the files will not hold: reload the files.
+                self.forget_running(&changed, "haproxy -c refused what the runtime API applied");
+                self.schedule_reload("haproxy -c refused a candidate already applied at runtime");
+            }
+            _ => {}
+        }
+        match result {
+            Ok(()) => {
+                let paths: Vec<PathBuf> = written
+                    .iter()
+                    .map(|&i| self.renderer.specs()[i].output.clone())
+                    .collect();
+                self.refused = None;
+                self.apply_retry.reset();
+                self.writable_again();
+                self.stats.writes += 1;
+                if let Some(why) = &reload_why {
+                    self.schedule_reload(why);
+                } else if path == Path::Runtime {
+                    self.stats.runtime_applies += 1;
+                }
+                tracing::info!(
+                    path = %path,
+                    %reason,
+                    outputs = ?paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                    endpoints = self.catalog.endpoint_count(),
+                    ?render_time,
+                    ?route_time,
+                    total_time = ?started.elapsed(),
+                    "configuration updated"
+                );
+                Applied::Written(paths)
+            }
+            Err(CheckError::Refused(e)) => {
+                self.refused = Some((candidates, base));
+                self.stats.validation_failures += 1;
+                tracing::error!(error = %e, "candidate configuration rejected; the live configuration keeps serving");
+                Applied::Rejected(e)
+            }
+            Err(CheckError::Transient(e)) => {
+                if let Some(why) = reload_why {
+                    if matches!(runtime_outcome, Some(Err(_))) {
+                        // HAProxy's state is unknown: bring it back to the files on disk.
+                        self.schedule_reload(&why);
+                    } else {
+                        // Retried with the write: a reload now would load files that lack
+                        // the change, and HAProxy stays as it is meanwhile.
+                        tracing::debug!(%why, "reload deferred until the outputs are written");
+                    }
+                }
+                self.write_failed(e)
+            }
+        }
+    }
+
+    /// The outputs could not be staged or written: HAProxy is left as it is, the apply is
+    /// retried with backoff, and only the first failure in a row is logged as an error.
+    fn write_failed(&mut self, e: String) -> Applied {
+        let delay = self.apply_retry.next_delay();
+        self.apply_retry_at = Some(Instant::now() + delay);
+        self.write_failures += 1;
+        if self.write_failures == 1 {
+            tracing::error!(error = %e, retry_in = ?delay, "could not write the new configuration; HAProxy keeps its current one, retrying with backoff");
+        } else {
+            tracing::debug!(error = %e, attempts = self.write_failures, retry_in = ?delay, "still cannot write the new configuration");
+        }
+        Applied::Rejected(e)
+    }
+
+    fn writable_again(&mut self) {
+        if self.write_failures > 0 {
+            tracing::info!(
+                failed_attempts = self.write_failures,
+                "outputs written again"
+            );
+            self.write_failures = 0;
+        }
+    }
+
+    /// Plans the changed outputs against what HAProxy runs (see [`route::choose`]); `None`
+    /// without a runtime API (every written change reloads).
+    fn route(&mut self, candidates: &[Option<String>], changed: &[usize]) -> Option<Routed> {
+        if self.runtime.is_none() || !self.reload_enabled {
+            return None;
+        }
+        let parsed: Vec<(usize, Arc<Config>)> = changed
+            .iter()
+            .map(|&i| {
+                let text = candidates[i].as_deref().unwrap_or_default();
+                (i, Arc::new(crate::haproxy::config::parse(text)))
+            })
+            .collect();
+        let running: Vec<Result<Arc<Config>, String>> = (0..self.running.len())
+            .map(|i| {
+                if !changed.contains(&i) {
+                    return Err(String::new());
+                }
+                self.running_config(i)
+            })
+            .collect();
+        let specs = self.renderer.specs();
+        Some(route::choose(&running, &parsed, |i| {
+            format!("--output {}", specs[i].output.display())
+        }))
+    }
+
+    /// What HAProxy runs for output `i`, parsing the file on disk if that is what it runs.
+    fn running_config(&mut self, i: usize) -> Result<Arc<Config>, String> {
+        match &self.running[i] {
+            Running::Unknown(why) => Err(why.to_string()),
+            Running::Parsed(c) => Ok(c.clone()),
+            Running::Disk => match self.disk[i].as_deref() {
+                Some(text) => {
+                    let c = Arc::new(crate::haproxy::config::parse(text));
+                    self.running[i] = Running::Parsed(c.clone());
+                    Ok(c)
+                }
+                None => Err("a new output file".to_string()),
+            },
+        }
+    }
+
+    pub(super) fn forget_running(&mut self, which: &[usize], why: &'static str) {
+        for &i in which {
+            self.running[i] = Running::Unknown(why);
+        }
+    }
+
+    /// The path an apply took and why, from its route and the runtime update's outcome, and
+    /// what the reload it needs is for; keeps what HAProxy runs up to date.
+    fn path_taken(
+        &mut self,
+        routed: &Option<Routed>,
+        runtime_outcome: &Option<Result<String, String>>,
+    ) -> (Path, String, Option<String>) {
+        let Some(routed) = routed else {
+            let why = "no --runtime-socket".to_string();
+            return (Path::Reload, why.clone(), Some(why));
+        };
+        match runtime_outcome {
+            Some(Err(e)) => {
+                self.stats.runtime_fallbacks += 1;
+                tracing::warn!(error = %e, ops = %describe(&routed.ops), "runtime update failed; falling back to a reload");
+                let changed: Vec<usize> = routed.after.iter().map(|(i, _)| *i).collect();
+                self.forget_running(&changed, "a runtime update failed");
+                let why = format!("fallback: the runtime update failed: {e}");
+                (Path::Reload, why.clone(), Some(why))
+            }
+            outcome => {
+                for (i, after) in &routed.after {
+                    self.running[*i] = Running::Parsed(after.clone());
+                }
+                let detail = match outcome {
+                    Some(Ok(detail)) => format!("{}; {detail}", describe(&routed.ops)),
+                    _ => String::new(),
+                };
+                match (&routed.reload, detail.is_empty()) {
+                    (Some(why), true) => (Path::Reload, why.clone(), Some(why.clone())),
+                    (Some(why), false) => (
+                        Path::Reload,
+                        format!("{why}; meanwhile applied at runtime: {detail}"),
+                        Some(why.clone()),
+                    ),
+                    (None, false) => (Path::Runtime, detail, None),
+                    (None, true) => (
+                        Path::Unseen,
+                        "the outputs changed in ways HAProxy does not see".into(),
+                        None,
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Marks a reload as wanted (see [`reload::Schedule`]).
+    fn schedule_reload(&mut self, why: &str) {
+        if self.reload_enabled {
+            self.reloads.want(why);
+        }
+    }
+}
+
+/// Which way an apply reached HAProxy (logged as `path=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// Runtime API commands, read back; no reload.
+    Runtime,
+    /// A reload of the files on disk.
+    Reload,
+    /// Neither: the outputs changed only in ways HAProxy does not see (comments, order).
+    Unseen,
+}
+
+impl std::fmt::Display for Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Path::Runtime => "runtime",
+            Path::Reload => "reload",
+            Path::Unseen => "none",
+        })
+    }
+}
+
+/// The first few operations, for logs.
+fn describe(ops: &[crate::haproxy::plan::Op]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = ops
+        .iter()
+        .take(SHOWN)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if ops.len() > SHOWN {
+        text.push_str(&format!(" and {} more", ops.len() - SHOWN));
+    }
+    text
+}
