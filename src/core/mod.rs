@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod endpoint;
+pub(crate) mod errors;
 pub mod etcd;
 pub mod files;
 pub mod keys;

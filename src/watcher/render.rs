@@ -8,6 +8,7 @@
 //! byte-identical to Tera's rendering of `templates/haproxy-backends.cfg.tera`, which operators
 //! copy and which `--template` renders through Tera.
 
+use crate::core::errors::error_chain;
 use crate::watcher::catalog::{Catalog, Views};
 use anyhow::{Context as _, Result};
 use std::path::{Path, PathBuf};
@@ -46,16 +47,6 @@ pub struct Renderer {
     specs: Vec<TemplateSpec>,
     /// Source text of each template as last loaded successfully (for error line lookup).
     sources: Vec<String>,
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        parts.push(s.to_string());
-        cur = s.source();
-    }
-    parts.join(": ")
 }
 
 /// Finds `--> line:col` in a Tera/pest parse error.

@@ -4,6 +4,7 @@
 //! errors onto [`DockerError`]s that say what is at fault.
 
 use super::DockerError;
+use crate::core::errors::error_chain;
 use bollard::errors::Error as BollardError;
 use bollard::models::ContainerInspectResponse;
 use bollard::{ClientVersion, Docker};
@@ -204,22 +205,6 @@ fn io_kind_in_chain(err: &(dyn std::error::Error + 'static)) -> Option<io::Error
         current = e.source();
     }
     None
-}
-
-/// `err` and its sources as one line (hyper's own message alone says little: "client error
-/// (Connect)").
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let part = e.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = e.source();
-    }
-    text
 }
 
 #[cfg(test)]
