@@ -34,24 +34,15 @@ pub trait Reload {
 /// The reload methods the watcher supports.
 #[derive(Debug, Clone)]
 pub enum Reloader {
-    /// Nothing to reload (render and validate only).
-    None,
     /// HAProxy's master CLI socket, confirmed through `show proc`.
     Master(MasterSocket),
     /// An operator's command, run with `sh -c`; exit status 0 means success.
     Command { cmd: String, timeout: Duration },
 }
 
-impl Reloader {
-    pub fn is_none(&self) -> bool {
-        matches!(self, Reloader::None)
-    }
-}
-
 impl Reload for Reloader {
     async fn reload(&self) -> Result<String, ReloadError> {
         match self {
-            Reloader::None => Ok("no reload configured".into()),
             Reloader::Master(m) => {
                 let (pid, old) = m.reload().await?;
                 if old > OLD_WORKERS_WARN {

@@ -38,37 +38,28 @@ pub(crate) fn build(args: &WatcherArgs) -> Result<WatcherPipeline, Fatal> {
         }
     }
     let reloader = reloader(args);
-    let enabled = !reloader.is_none();
-    let runtime = runtime_path(args, enabled).map_err(Fatal::usage)?;
+    let runtime = runtime_path(args, reloader.is_some()).map_err(Fatal::usage)?;
     let validator = validator(args).map_err(Fatal::usage)?;
-    let pipeline = Pipeline::new(
-        catalog,
-        renderer,
-        validator,
-        reloader,
-        enabled,
-        args.timing(),
-    )
-    .context("reading the live output files")?;
+    let pipeline = Pipeline::new(catalog, renderer, validator, reloader, args.timing())
+        .context("reading the live output files")?;
     Ok(match runtime {
         Some(rt) => pipeline.with_runtime(Box::new(rt)),
         None => pipeline,
     })
 }
 
-fn reloader(args: &WatcherArgs) -> Reloader {
+/// How HAProxy is reloaded, if at all (`--master-socket` or `--reload-cmd`).
+fn reloader(args: &WatcherArgs) -> Option<Reloader> {
     if let Some(path) = &args.master_socket {
-        Reloader::Master(MasterSocket {
+        Some(Reloader::Master(MasterSocket {
             path: path.clone(),
             timeout: args.reload_timeout,
-        })
-    } else if let Some(cmd) = &args.reload_cmd {
-        Reloader::Command {
+        }))
+    } else {
+        args.reload_cmd.as_ref().map(|cmd| Reloader::Command {
             cmd: cmd.clone(),
             timeout: args.reload_timeout,
-        }
-    } else {
-        Reloader::None
+        })
     }
 }
 

@@ -49,7 +49,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         self.started = true;
         if changed.is_empty() {
             tracing::debug!(?render_time, "rendered; no output changed");
-            if first && self.reload_enabled {
+            if first && self.reload_enabled() {
                 // The files may be newer than what HAProxy runs (a previous watcher stopped
                 // between writing and reloading): reload once at start to be sure.
                 tracing::info!("outputs already up to date; reloading once at start");
@@ -188,7 +188,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
     /// Plans the changed outputs against what HAProxy runs (see [`route::choose`]); `None`
     /// without a runtime API (every written change reloads).
     fn route(&mut self, candidates: &[Option<String>], changed: &[usize]) -> Option<Routed> {
-        if self.runtime.is_none() || !self.reload_enabled {
+        if self.runtime.is_none() || !self.reload_enabled() {
             return None;
         }
         let parsed: Vec<(usize, Arc<Config>)> = changed
@@ -282,7 +282,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
 
     /// Marks a reload as wanted (see [`reload::Schedule`]).
     fn schedule_reload(&mut self, why: &str) {
-        if self.reload_enabled {
+        if self.reload_enabled() {
             self.reloads.want(why);
         }
     }

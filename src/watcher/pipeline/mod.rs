@@ -127,8 +127,9 @@ pub struct Pipeline<V, R> {
     pub catalog: Catalog,
     pub renderer: Renderer,
     validator: Option<V>,
-    reloader: R,
-    reload_enabled: bool,
+    /// How HAProxy is reloaded; `None` when nothing is to be reloaded (render and validate
+    /// only).
+    reloader: Option<R>,
     /// The runtime API fast path, if configured.
     runtime: Option<Box<dyn RuntimeUpdate>>,
     timing: Timing,
@@ -163,8 +164,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         catalog: Catalog,
         renderer: Renderer,
         validator: Option<V>,
-        reloader: R,
-        reload_enabled: bool,
+        reloader: Option<R>,
         timing: Timing,
     ) -> std::io::Result<Self> {
         let disk = renderer
@@ -177,7 +177,6 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             renderer,
             validator,
             reloader,
-            reload_enabled,
             runtime: None,
             debounce: Debounce::new(timing.debounce, timing.debounce_max),
             apply_retry: Backoff::new(timing.retry_min, timing.retry_max),
@@ -261,7 +260,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         // one, a server change goes through at once, even while a reload waits.
         Some(
             match (
-                self.reload_enabled && self.runtime.is_none(),
+                self.reload_enabled() && self.runtime.is_none(),
                 self.reloads.last(),
             ) {
                 (true, Some(last)) => due.max(last + self.timing.min_reload_interval),
@@ -270,9 +269,14 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         )
     }
 
+    /// Whether HAProxy is reloaded at all.
+    fn reload_enabled(&self) -> bool {
+        self.reloader.is_some()
+    }
+
     /// Whether changes may take the runtime path at all.
     fn runtime_ready(&self) -> bool {
-        self.runtime.is_some() && self.reload_enabled && self.started
+        self.runtime.is_some() && self.reload_enabled() && self.started
     }
 
     /// When the next piece of work is due, if any.

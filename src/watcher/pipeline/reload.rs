@@ -235,7 +235,10 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             .and_then(|v| v.base_path())
             .map(Path::to_path_buf);
         let binds = diagnose::binds_of(base.as_deref(), &self.disk);
-        match self.reloader.reload().await {
+        let Some(reloader) = &self.reloader else {
+            return true;
+        };
+        match reloader.reload().await {
             Ok(detail) => {
                 self.stats.reloads += 1;
                 for (i, config) in loading.into_iter().enumerate() {

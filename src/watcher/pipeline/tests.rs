@@ -96,7 +96,7 @@ pub(super) fn setup_with(timing: Timing) -> Setup {
     )
     .unwrap();
     let (v, r) = (FakeValidator::default(), FakeReloader::default());
-    let p = Pipeline::new(catalog, renderer, Some(v.clone()), r.clone(), true, timing).unwrap();
+    let p = Pipeline::new(catalog, renderer, Some(v.clone()), Some(r.clone()), timing).unwrap();
     Setup {
         _dir: dir,
         out,
@@ -171,8 +171,7 @@ async fn up_to_date_files_at_start_are_reloaded_once() {
         }])
         .unwrap(),
         Some(t.v.clone()),
-        t.r.clone(),
-        true,
+        Some(t.r.clone()),
         Timing::default(),
     )
     .unwrap();
@@ -302,15 +301,8 @@ async fn broken_template_edit_keeps_the_last_good_template() {
         renderer.views(),
     )
     .unwrap();
-    let mut p: Pipeline<FakeValidator, FakeReloader> = Pipeline::new(
-        catalog,
-        renderer,
-        None,
-        FakeReloader::default(),
-        false,
-        Timing::default(),
-    )
-    .unwrap();
+    let mut p: Pipeline<FakeValidator, FakeReloader> =
+        Pipeline::new(catalog, renderer, None, None, Timing::default()).unwrap();
     p.handle(snapshot(&[]), Instant::now());
     p.apply().await;
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "v1 1\n");
