@@ -8,7 +8,7 @@ use super::{
     same_ip, used_connections, AdminError, BoxFuture, RuntimeSocket, ServerState,
     ADMIN_FORCED_MAINT,
 };
-use crate::haproxy::config::{Config, Server, DEFAULT_WEIGHT};
+use crate::haproxy::config::{Config, Server, HAPROXY_DEFAULT_WEIGHT};
 use crate::haproxy::plan::Op;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -99,7 +99,7 @@ impl RuntimeApplier {
                     let id = commands::id(backend, &server.name);
                     if self.take_draining(&id) {
                         // Still there, in maintenance: bring it back instead of adding it.
-                        let weight = server.weight.unwrap_or(DEFAULT_WEIGHT);
+                        let weight = server.weight.unwrap_or(HAPROXY_DEFAULT_WEIGHT);
                         self.socket.exec(&commands::set_weight(&id, weight)).await?;
                         if !server.is_disabled() {
                             self.socket.exec(&commands::set_ready(&id)).await?;
@@ -362,7 +362,7 @@ pub(crate) fn verify(
                 w.name
             ));
         };
-        let weight = w.weight.unwrap_or(DEFAULT_WEIGHT);
+        let weight = w.weight.unwrap_or(HAPROXY_DEFAULT_WEIGHT);
         if !same_ip(&h.addr, &w.addr) || h.port != w.port {
             return Err(format!(
                 "server {backend}/{}: HAProxy has {}:{}, the configuration {}",

@@ -32,8 +32,9 @@ pub(crate) use lex::is_name;
 
 use lex::{is_plain, parse_addr, split_words};
 
-/// HAProxy's weight when a server line sets none (and no `default-server` sets one).
-pub const DEFAULT_WEIGHT: u16 = 1;
+/// HAProxy's weight when a server line sets none (and no `default-server` sets one); not
+/// dockreg's default endpoint weight ([`crate::core::endpoint::DEFAULT_WEIGHT`], 100).
+pub const HAPROXY_DEFAULT_WEIGHT: u16 = 1;
 
 /// The largest weight HAProxy takes.
 pub const MAX_WEIGHT: u16 = 256;

@@ -60,7 +60,7 @@ pub(crate) use whole::{plan, plan_parsed, Plan};
 #[cfg(test)]
 use crate::haproxy::config::parse;
 use crate::haproxy::config::{
-    is_name, scan_keywords, Config, Directive, Section, Server, DEFAULT_WEIGHT,
+    is_name, scan_keywords, Config, Directive, Section, Server, HAPROXY_DEFAULT_WEIGHT,
 };
 use balance::{algorithm, has_default_server, Algorithm};
 use std::collections::{BTreeMap, HashMap};
@@ -345,8 +345,8 @@ fn section_ops(
             ));
         }
         let (before, after) = (
-            old_server.weight.unwrap_or(DEFAULT_WEIGHT),
-            server.weight.unwrap_or(DEFAULT_WEIGHT),
+            old_server.weight.unwrap_or(HAPROXY_DEFAULT_WEIGHT),
+            server.weight.unwrap_or(HAPROXY_DEFAULT_WEIGHT),
         );
         if before != after {
             mine.push(Op::SetWeight {

@@ -7,7 +7,7 @@
 //! added, removed and re-weighted (expressible), `check` toggled on a kept server or an option
 //! added to a backend (not expressible).
 
-use super::{parse, plan_parsed, plan_partial, Config, Op, Plan, DEFAULT_WEIGHT};
+use super::{parse, plan_parsed, plan_partial, Config, Op, Plan, HAPROXY_DEFAULT_WEIGHT};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
@@ -58,7 +58,11 @@ fn servers(config: &Config) -> Servers {
             s.servers.iter().map(move |v| {
                 (
                     (backend.clone(), v.name.clone()),
-                    (v.addr.clone(), v.port, v.weight.unwrap_or(DEFAULT_WEIGHT)),
+                    (
+                        v.addr.clone(),
+                        v.port,
+                        v.weight.unwrap_or(HAPROXY_DEFAULT_WEIGHT),
+                    ),
                 )
             })
         })
@@ -72,7 +76,7 @@ fn apply(mut s: Servers, ops: &[Op]) -> Servers {
             Op::AddServer { backend, server } => {
                 let key = (backend.clone(), server.name.clone());
                 assert!(!s.contains_key(&key), "{op} adds a server that exists");
-                let weight = server.weight.unwrap_or(DEFAULT_WEIGHT);
+                let weight = server.weight.unwrap_or(HAPROXY_DEFAULT_WEIGHT);
                 s.insert(key, (server.addr.clone(), server.port, weight));
             }
             Op::DelServer { backend, name } => {
