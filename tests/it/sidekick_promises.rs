@@ -3,10 +3,10 @@
 //! leave the registration alone; it registers over TLS (and a wrong CA is a clear error); it
 //! ends registered under a live lease when etcd is restored from a snapshot (a new cluster id).
 
-use crate::docker::*;
 use crate::harness::*;
 use crate::sidekick::*;
-use crate::tls::{Certs, TlsEtcd};
+use dockreg_testkit::docker::*;
+use dockreg_testkit::tls::{Certs, TlsEtcd};
 use etcd_client::Client;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -238,7 +238,10 @@ async fn registers_over_tls_and_a_wrong_ca_is_a_clear_error() {
     let (c, key, _) = run_app(&url, &["-v", &mount], &tls, None);
     wait_key(&mut client, &key, true, Duration::from_secs(5), &c).await;
     let (v, lease) = value(&mut client, &key).await.unwrap();
-    assert!(dockreg::core::endpoint::parse_value(v.as_bytes()).is_ok(), "{v}");
+    assert!(
+        dockreg::core::endpoint::parse_value(v.as_bytes()).is_ok(),
+        "{v}"
+    );
     let ttl = client.lease_time_to_live(lease, None).await.unwrap().ttl();
     assert!(ttl > 0, "registered under a live lease: ttl {ttl}");
     // docker stop revokes the lease over TLS too.
@@ -429,7 +432,10 @@ async fn etcd_restored_from_a_snapshot_ends_with_the_key_under_a_live_lease() {
                 .await
                 .map_or(-1, |r| r.ttl());
             if lease != 0 && ttl > 0 {
-                assert!(dockreg::core::endpoint::parse_value(v.as_bytes()).is_ok(), "{v}");
+                assert!(
+                    dockreg::core::endpoint::parse_value(v.as_bytes()).is_ok(),
+                    "{v}"
+                );
                 break lease;
             }
         }
