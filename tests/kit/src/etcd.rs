@@ -210,34 +210,26 @@ impl Etcd {
 
     /// `etcdctl snapshot save <path>` of this member.
     pub fn snapshot_save(&self, path: &Path) {
-        etcdctl(
-            Command::new("etcdctl")
-                .arg("--endpoints")
-                .arg(self.url())
-                .arg("snapshot")
-                .arg("save")
-                .arg(path),
-        );
+        let mut cmd = Command::new("etcdctl");
+        cmd.args(["--endpoints", &self.url(), "snapshot", "save"])
+            .arg(path);
+        etcdctl(&mut cmd);
     }
 
     /// Kills etcd, replaces its data with `snapshot` (`etcdctl snapshot restore` with the same
     /// name, cluster and peer URL) and starts it again on the same ports.
     pub async fn restore_from(&mut self, snapshot: &Path) {
         self.kill_and_wipe();
-        etcdctl(
-            Command::new("etcdctl")
-                .arg("snapshot")
-                .arg("restore")
-                .arg(snapshot)
-                .arg("--data-dir")
-                .arg(&self.data)
-                .arg("--name")
-                .arg(&self.name)
-                .arg("--initial-cluster")
-                .arg(&self.cluster)
-                .arg("--initial-advertise-peer-urls")
-                .arg(format!("http://127.0.0.1:{}", self.peer_port)),
-        );
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut cmd = Command::new("etcdctl");
+        cmd.args(["snapshot", "restore"])
+            .arg(snapshot)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(["--name", &self.name])
+            .args(["--initial-cluster", &self.cluster])
+            .args(["--initial-advertise-peer-urls", &peer]);
+        etcdctl(&mut cmd);
         self.spawn();
         self.wait_ready().await;
     }
