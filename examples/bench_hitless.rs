@@ -34,9 +34,13 @@
 mod common;
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use common::{free_port, p50_p99, peak_rss_kb, rss_kb, start_etcd, Etcd, Guard, WATCHER};
+use common::{p50_p99, peak_rss_kb, rss_kb, start_etcd, WATCHER};
 use dockreg::haproxy::{MasterSocket, ProcList};
-use etcd_client::{Txn, TxnOp};
+use dockreg_testkit::backends::DemoBackends;
+use dockreg_testkit::etcd::Etcd;
+use dockreg_testkit::haproxy::{admin_command, Haproxy};
+use dockreg_testkit::{free_port, Guard};
+use etcd_client::{Client, Txn, TxnOp};
 use std::fmt::Write as _;
 use std::fs::File;
 use std::net::SocketAddr;
@@ -46,7 +50,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
 
 const BACKEND_BIN: &str = "target/release/examples/demo_backend";
 const BASE_CONFIG: &str = "haproxy/haproxy.cfg";
@@ -90,8 +94,11 @@ fn ms(d: Duration) -> f64 {
 struct Rig {
     _tmp: Option<tempfile::TempDir>,
     dir: PathBuf,
-    etcd: Etcd,
-    _haproxy: Guard,
+    _etcd: Etcd,
+    /// etcd's client URL.
+    url: String,
+    client: Client,
+    _haproxy: Haproxy,
     http: SocketAddr,
     master: MasterSocket,
     admin: PathBuf,
@@ -113,49 +120,25 @@ impl Rig {
             let dir = tmp.path().to_path_buf();
             (Some(tmp), dir)
         };
-        let etcd = start_etcd(&dir).await?;
+        let etcd = start_etcd(&dir).await;
+        let (url, client) = (etcd.url(), etcd.client().await);
         let output = dir.join("backends.cfg");
-        std::fs::write(&output, "backend service\n").context("writing backends.cfg")?;
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let env = vec![
-            ("DOCKREG_RUN_DIR".to_string(), dir.display().to_string()),
-            ("DOCKREG_HTTP_BIND".to_string(), http.to_string()),
-            (
-                "DOCKREG_STATS_BIND".to_string(),
-                format!("127.0.0.1:{}", free_port()?),
-            ),
-        ];
-        let master_path = dir.join("master.sock");
-        let log = File::create(dir.join("haproxy.log")).context("creating haproxy.log")?;
-        let child = Command::new("haproxy")
-            .arg("-W")
-            .arg("-S")
-            .arg(&master_path)
-            .args(["-f", BASE_CONFIG, "-f"])
-            .arg(&output)
-            .envs(env.iter().cloned())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting haproxy (apt-get install haproxy)")?;
-        let haproxy = Guard(child);
-        wait_for(Duration::from_secs(10), "HAProxy's frontend", || async {
-            TcpStream::connect(http).await.is_ok()
-        })
-        .await?;
+        let haproxy = Haproxy::start_with(&dir, PathBuf::from(BASE_CONFIG), output.clone()).await;
         Ok(Rig {
             _tmp: tmp,
-            admin: dir.join("admin.sock"),
+            admin: haproxy.admin_socket.clone(),
             dir,
-            etcd,
-            _haproxy: haproxy,
-            http,
+            _etcd: etcd,
+            url,
+            client,
+            http: haproxy.http,
             master: MasterSocket {
-                path: master_path,
+                path: haproxy.master_socket.clone(),
                 timeout: Duration::from_secs(10),
             },
             output,
-            env,
+            env: haproxy.env.clone(),
+            _haproxy: haproxy,
         })
     }
 
@@ -167,7 +150,7 @@ impl Rig {
     fn watcher_args(&self, runtime: bool) -> Vec<String> {
         let mut args = vec![
             "--etcd".to_string(),
-            self.etcd.url.clone(),
+            self.url.clone(),
             "--haproxy-config".into(),
             BASE_CONFIG.into(),
             "--master-socket".into(),
@@ -188,7 +171,7 @@ impl Rig {
 
     /// Starts the watcher with `args`; its log (text, `RUST_LOG=info`) goes to a file.
     fn spawn_watcher(&self, args: Vec<String>) -> Result<Watcher> {
-        let log = self.dir.join(format!("watcher-{}.log", free_port()?));
+        let log = self.dir.join(format!("watcher-{}.log", free_port()));
         let file = File::create(&log).context("creating the watcher log")?;
         let child = Command::new(WATCHER)
             .args(&args)
@@ -249,7 +232,7 @@ impl Rig {
         let dir = self.dir.display().to_string();
         let mut out = String::from("dockreg-haproxy");
         for a in args {
-            let mut a = a.replace(&dir, "$DIR").replace(&self.etcd.url, "$ETCD");
+            let mut a = a.replace(&dir, "$DIR").replace(&self.url, "$ETCD");
             let items: Vec<&str> = a.split(',').collect();
             if items.len() > 4 {
                 a = format!(
@@ -273,8 +256,7 @@ impl Rig {
                 .iter()
                 .map(|k| TxnOp::put(k.as_str(), "running", None))
                 .collect();
-            self.etcd
-                .client
+            self.client
                 .txn(Txn::new().and_then(ops))
                 .await
                 .context("etcd txn")?;
@@ -283,8 +265,7 @@ impl Rig {
     }
 
     async fn put(&mut self, key: &str) -> Result<()> {
-        self.etcd
-            .client
+        self.client
             .put(key, "running", None)
             .await
             .with_context(|| format!("etcd put {key}"))?;
@@ -292,8 +273,7 @@ impl Rig {
     }
 
     async fn delete(&mut self, key: &str) -> Result<()> {
-        self.etcd
-            .client
+        self.client
             .delete(key, None)
             .await
             .with_context(|| format!("etcd delete {key}"))?;
@@ -384,60 +364,15 @@ fn strip_ansi(text: &str) -> String {
 /// `demo_backend` serving `n` free loopback ports; answers `bench <address>`. The servers keep
 /// running whatever etcd says, so requests in flight on a removed server finish.
 async fn start_backends(n: usize) -> Result<(Guard, Vec<SocketAddr>)> {
-    let addrs: Vec<SocketAddr> = (0..n)
-        .map(|_| Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?))))
-        .collect::<Result<_>>()?;
-    let mut cmd = Command::new(BACKEND_BIN);
-    cmd.args(["--id-prefix", ID_PREFIX]);
-    for a in &addrs {
-        cmd.arg("--listen").arg(a.to_string());
-    }
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {BACKEND_BIN} (cargo build --release --examples)"))?;
-    let guard = Guard(child);
-    for &a in &addrs {
-        wait_for(
-            Duration::from_secs(10),
-            "demo_backend listening",
-            || async { TcpStream::connect(a).await.is_ok() },
-        )
-        .await?;
-    }
-    Ok((guard, addrs))
-}
-
-/// Polls `check` every 20 ms until it holds or `timeout` passes.
-async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+    let b = DemoBackends::start(Path::new(BACKEND_BIN), ID_PREFIX, n).await;
+    Ok((b.guard, b.addrs))
 }
 
 /// One command on HAProxy's admin socket (non-interactive: HAProxy answers, then closes).
 async fn admin(path: &Path, cmd: &str) -> Result<String> {
-    let exchange = async {
-        let mut s = UnixStream::connect(path).await?;
-        s.write_all(format!("{cmd}\n").as_bytes()).await?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await?;
-        Ok::<_, std::io::Error>(out)
-    };
-    tokio::time::timeout(Duration::from_secs(2), exchange)
+    admin_command(path, cmd, Duration::from_secs(2))
         .await
-        .map_err(|_| anyhow!("admin socket: no answer to {cmd:?}"))?
-        .with_context(|| format!("admin socket {}: {cmd:?}", path.display()))
+        .map_err(|e| anyhow!(e))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1125,6 +1060,10 @@ impl ServerState {
 
 /// Server `name` in a `show servers state <backend>` answer (fields: be_id be_name srv_id
 /// srv_name srv_addr srv_op_state srv_admin_state srv_uweight …); `None` when not listed.
+///
+/// Deliberately the benchmark's own parser, not `dockreg::haproxy::admin`'s nor the test kit's:
+/// the scale run times how soon HAProxy shows a change, and must not measure with the code it
+/// measures.
 fn server_state(text: &str, name: &str) -> Option<ServerState> {
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();

@@ -32,22 +32,25 @@
 //! `BENCH_SIDEKICK_BIN=<path>` measures another static `dockreg` build instead (another
 //! profile, say) in the same image.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use anyhow::{anyhow, bail, Context as _, Result};
+use common::{p50_p99, proc_status_kb};
+use dockreg_testkit::docker::{
+    build_image as docker_build, stage_binaries, static_dockreg_path, try_bridge_gateway,
+    try_docker, BUSYBOX, TRIPLE,
+};
+use dockreg_testkit::etcd::Etcd;
 use etcd_client::{Client, EventType, WatchOptions};
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-const TRIPLE: &str = "x86_64-unknown-linux-gnu";
-const STATIC_DOCKREG: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/target/static/x86_64-unknown-linux-gnu/sidekick/dockreg"
-);
-const BUSYBOX: &str = "/bin/busybox";
 const IMAGE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/sidekick");
 /// Containers started (and stopped) one after another.
 const CONTAINERS: usize = 10;
@@ -58,18 +61,7 @@ const KEY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Runs `docker <args>`; returns its trimmed stdout, or Docker's message as the error.
 fn docker(args: &[&str]) -> Result<String> {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .context("running the docker CLI")?;
-    if !out.status.success() {
-        bail!(
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    try_docker(args).map_err(|e| anyhow!(e))
 }
 
 /// Everything this benchmark created in Docker; removed on drop (containers first).
@@ -95,103 +87,6 @@ impl Drop for DockerGuard {
     }
 }
 
-/// A child process killed on drop (SIGTERM, then SIGKILL).
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-        for _ in 0..40 {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// The Docker bridge's address: what containers reach the host on. Older engines leave the
-/// gateway out of `network inspect`; then it is the bridge interface's own address.
-fn bridge_address() -> Result<String> {
-    let gw = docker(&[
-        "network",
-        "inspect",
-        "bridge",
-        "--format",
-        "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
-    ])?;
-    if !gw.is_empty() {
-        return Ok(gw);
-    }
-    let iface = docker(&[
-        "network",
-        "inspect",
-        "bridge",
-        "--format",
-        "{{index .Options \"com.docker.network.bridge.name\"}}",
-    ])?;
-    let out = Command::new("ip")
-        .args(["-4", "-o", "addr", "show", "dev", &iface])
-        .output()
-        .context("running ip (apt-get install iproute2)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .and_then(|cidr| cidr.split('/').next())
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("no IPv4 address on the Docker bridge {iface}"))
-}
-
-/// etcd listening on loopback and on the bridge address, same port; returns the guard, the
-/// host URL and the URL containers use.
-async fn start_etcd(dir: &Path, bridge: &str) -> Result<(ChildGuard, String, String)> {
-    let (port, peer_port) = (free_port()?, free_port()?);
-    let url = format!("http://127.0.0.1:{port}");
-    let container_url = format!("http://{bridge}:{port}");
-    let urls = format!("{url},{container_url}");
-    let peer = format!("http://127.0.0.1:{peer_port}");
-    let child = Command::new("etcd")
-        .args(["--data-dir", &dir.join("etcd").display().to_string()])
-        .args([
-            "--listen-client-urls",
-            &urls,
-            "--advertise-client-urls",
-            &urls,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-        ])
-        .args(["--initial-cluster", &format!("default={peer}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting etcd (apt-get install etcd-server)")?;
-    let guard = ChildGuard(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(mut c) = Client::connect([url.as_str()], None).await {
-            if c.get("/probe", None).await.is_ok() {
-                break;
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("etcd did not start on {url}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok((guard, url, container_url))
-}
-
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
@@ -210,12 +105,9 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
 fn build_image(dir: &Path, guard: &mut DockerGuard) -> Result<String> {
     let ctx = dir.join("image");
     copy_dir(Path::new(IMAGE_DIR), &ctx).context("copying examples/sidekick")?;
-    let bin = sidekick_bin();
-    std::fs::copy(&bin, ctx.join("dockreg"))
-        .with_context(|| format!("copying the static dockreg {bin}"))?;
-    std::fs::copy(BUSYBOX, ctx.join("busybox")).context("copying /bin/busybox")?;
+    stage_binaries(&ctx, Path::new(&sidekick_bin())).map_err(|e| anyhow!(e))?;
     let tag = format!("dockreg-sidekick-bench:run{}", std::process::id());
-    docker(&["build", "-q", "-t", &tag, &ctx.display().to_string()])?;
+    docker_build(&ctx, &tag).map_err(|e| anyhow!(e))?;
     guard.image = Some(tag.clone());
     Ok(tag)
 }
@@ -304,16 +196,9 @@ async fn stop(app: &App, events: &mut Events) -> Result<f64> {
     Ok(ms(gone?.duration_since(t0)))
 }
 
-/// The named fields (kB) of /proc/<pid>/status.
+/// A `kB` field of /proc/<pid>/status (`VmRSS`, ...).
 fn status_kb(pid: u32, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))
+    proc_status_kb(pid, field).ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))
 }
 
 /// utime + stime of `pid`, in clock ticks.
@@ -353,16 +238,10 @@ fn etcd_metrics(url: &str) -> Result<HashMap<String, f64>> {
         .collect())
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn p50_p99(mut v: Vec<f64>) -> String {
-    v.sort_by(|a, b| a.total_cmp(b));
-    format!("{:.1} / {:.1}", percentile(&v, 0.5), percentile(&v, 0.99))
+/// Median and 99th percentile, as printed.
+fn p50_p99_text(v: Vec<f64>) -> String {
+    let (p50, p99) = p50_p99(v);
+    format!("{p50:.1} / {p99:.1}")
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -381,10 +260,11 @@ async fn run() -> Result<()> {
         image: None,
         containers: Vec::new(),
     };
-    let bridge = bridge_address()?;
+    let bridge = try_bridge_gateway().map_err(|e| anyhow!(e))?;
     eprintln!("bench: building the image of examples/sidekick/ ...");
     let image = build_image(dir.path(), &mut guard)?;
-    let (_etcd, url, container_url) = start_etcd(dir.path(), &bridge).await?;
+    let etcd = Etcd::start_reachable(dir.path(), &bridge).await;
+    let (url, container_url) = (etcd.url(), etcd.container_url());
     let size = std::fs::metadata(sidekick_bin())?.len() as f64 / 1e6;
     eprintln!(
         "bench: etcd on {url} and {container_url}; image {image} with {} ({size:.1} MB)",
@@ -484,10 +364,10 @@ async fn run() -> Result<()> {
     let mut anon = Vec::new();
     let mut file = Vec::new();
     for app in &idle {
-        rss.push(status_kb(app.pid, "VmRSS:")? as f64 / 1024.0);
-        hwm.push(status_kb(app.pid, "VmHWM:")? as f64 / 1024.0);
-        anon.push(status_kb(app.pid, "RssAnon:")? as f64 / 1024.0);
-        file.push(status_kb(app.pid, "RssFile:")? as f64 / 1024.0);
+        rss.push(status_kb(app.pid, "VmRSS")? as f64 / 1024.0);
+        hwm.push(status_kb(app.pid, "VmHWM")? as f64 / 1024.0);
+        anon.push(status_kb(app.pid, "RssAnon")? as f64 / 1024.0);
+        file.push(status_kb(app.pid, "RssFile")? as f64 / 1024.0);
     }
     let rate = |names: &[&str]| -> f64 {
         let delta: f64 = names
@@ -523,19 +403,19 @@ async fn run() -> Result<()> {
     println!("|---|---:|---:|---:|");
     println!(
         "| `docker run -d` issued → returned, p50 / p99 (ms) | {} | | {n} |",
-        p50_p99(run_ms)
+        p50_p99_text(run_ms)
     );
     println!(
         "| `docker run -d` returned → key in etcd, p50 / p99 (ms) | {} | | {n} |",
-        p50_p99(key_ms)
+        p50_p99_text(key_ms)
     );
     println!(
         "| `docker run -d` issued → key in etcd, p50 / p99 (ms) | {} | | {n} |",
-        p50_p99(total_ms)
+        p50_p99_text(total_ms)
     );
     println!(
         "| `docker stop` issued → key gone, p50 / p99 (ms) | {} | ≤ 100 | {n} |",
-        p50_p99(stop_ms)
+        p50_p99_text(stop_ms)
     );
     println!(
         "| sidekick RSS (`VmRSS`), mean / max (MB) | {} | ≤ 5 | {m} |",
@@ -562,19 +442,24 @@ async fn run() -> Result<()> {
     Ok(())
 }
 
+/// The static `dockreg` the tests and the README build (`target/static/…/sidekick/dockreg`).
+fn static_dockreg() -> String {
+    static_dockreg_path().display().to_string()
+}
+
 /// The static `dockreg` to put in the image.
 fn sidekick_bin() -> String {
-    std::env::var("BENCH_SIDEKICK_BIN").unwrap_or_else(|_| STATIC_DOCKREG.to_string())
+    std::env::var("BENCH_SIDEKICK_BIN").unwrap_or_else(|_| static_dockreg())
 }
 
 fn prerequisites() -> Result<()> {
     let bin = sidekick_bin();
-    if bin != STATIC_DOCKREG && !Path::new(&bin).exists() {
+    if bin != static_dockreg() && !Path::new(&bin).exists() {
         bail!("BENCH_SIDEKICK_BIN={bin} not found");
     }
     if !Path::new(&bin).exists() {
         bail!(
-            "{STATIC_DOCKREG} not found: build the static sidekick first:\n    \
+            "{bin} not found: build the static sidekick first:\n    \
              RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --profile sidekick --bin dockreg \
              --target {TRIPLE} --target-dir target/static\n(from the repository root)"
         );

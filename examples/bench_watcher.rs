@@ -26,7 +26,9 @@
 mod common;
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use common::{free_port, p50_p99, peak_rss_kb, start_etcd, Guard, WATCHER};
+use common::{p50_p99, peak_rss_kb, start_etcd, WATCHER};
+use dockreg_testkit::haproxy::Haproxy;
+use dockreg_testkit::Guard;
 use etcd_client::{Client, Txn, TxnOp};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -106,49 +108,11 @@ struct Row {
     rss_mb: f64,
 }
 
-struct Haproxy {
-    _child: Guard,
-    master: PathBuf,
-}
-
-fn start_haproxy(dir: &Path, output: &Path) -> Result<(Haproxy, Vec<(String, String)>)> {
-    std::fs::write(output, "backend service\n")?;
-    let env = vec![
-        ("DOCKREG_RUN_DIR".to_string(), dir.display().to_string()),
-        (
-            "DOCKREG_HTTP_BIND".to_string(),
-            format!("127.0.0.1:{}", free_port()?),
-        ),
-        (
-            "DOCKREG_STATS_BIND".to_string(),
-            format!("127.0.0.1:{}", free_port()?),
-        ),
-    ];
-    let master = dir.join("master.sock");
-    let child = Command::new("haproxy")
-        .args(["-W", "-S"])
-        .arg(&master)
-        .args(["-f", "haproxy/haproxy.cfg", "-f"])
-        .arg(output)
-        .envs(env.iter().cloned())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting haproxy")?;
-    Ok((
-        Haproxy {
-            _child: Guard(child),
-            master,
-        },
-        env,
-    ))
-}
-
 async fn bench(mode: &'static str, n: usize, samples: usize) -> Result<Row> {
     let full = mode == "full";
     let dir = tempfile::tempdir()?;
-    let etcd = start_etcd(dir.path()).await?;
-    let (url, mut client) = (etcd.url.clone(), etcd.client.clone());
+    let etcd = start_etcd(dir.path()).await;
+    let (url, mut client) = (etcd.url(), etcd.client().await);
     load(&mut client, 0, n, full).await?;
     let output = dir.path().join("backends.cfg");
     let mut args: Vec<String> = vec![
@@ -160,14 +124,15 @@ async fn bench(mode: &'static str, n: usize, samples: usize) -> Result<Row> {
     let mut env = Vec::new();
     let mut haproxy = None;
     if full {
-        let (h, e) = start_haproxy(dir.path(), &output)?;
+        let base = PathBuf::from("haproxy/haproxy.cfg");
+        let h = Haproxy::start_with(dir.path(), base, output.clone()).await;
         args.extend([
             "--haproxy-config".into(),
-            "haproxy/haproxy.cfg".into(),
+            h.base.display().to_string(),
             "--master-socket".into(),
-            h.master.display().to_string(),
+            h.master_socket.display().to_string(),
         ]);
-        env = e;
+        env = h.env.clone();
         haproxy = Some(h);
     } else {
         args.push("--no-validate".into());
@@ -188,7 +153,7 @@ async fn bench(mode: &'static str, n: usize, samples: usize) -> Result<Row> {
     let count_servers = move |t: &str| t.matches("\n    server ").count();
     wait_file(&output, move |t| count_servers(t) == n).await?;
     let master = haproxy.as_ref().map(|h| dockreg::haproxy::MasterSocket {
-        path: h.master.clone(),
+        path: h.master_socket.clone(),
         timeout: Duration::from_secs(30),
     });
     // An independent watch: when etcd delivers each change to a watcher.

@@ -35,10 +35,26 @@ fi
 echo "==> etcd $(etcd --version | head -1 | awk '{print $3}'), $(haproxy -v | head -1 | awk '{print $1, $3}')"
 if $docker_ok; then
   # The sidekick image needs a statically linked dockreg; build it up front (its own target
-  # folder) so the first Docker test does not sit silent through a release build.
+  # folder) so the first Docker test does not sit silent through a release build, and hand
+  # it to the tests, which then build nothing (tests/kit/src/docker.rs).
   echo "==> building a static dockreg for the test image"
   RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile sidekick --bin dockreg \
     --target x86_64-unknown-linux-gnu --target-dir target/static
+  export DOCKREG_TEST_STATIC_BIN="$PWD/target/static/x86_64-unknown-linux-gnu/sidekick/dockreg"
+  # The test image is this checkout's own (a run in another checkout has another tag), and is
+  # removed when the run ends, with any container of it a killed test left behind.
+  DOCKREG_TEST_IMAGE="dockreg-test:$(pwd -P | sha256sum | cut -c1-16)"
+  export DOCKREG_TEST_IMAGE
+  remove_test_image() {
+    local left
+    left=$(docker ps -aq --filter "ancestor=$DOCKREG_TEST_IMAGE" 2>/dev/null || true)
+    # shellcheck disable=SC2086 # one id a word
+    [ -z "$left" ] || docker rm -f $left >/dev/null 2>&1 || true
+    if docker image inspect "$DOCKREG_TEST_IMAGE" >/dev/null 2>&1; then
+      docker rmi "$DOCKREG_TEST_IMAGE" >/dev/null || echo "==> could not remove $DOCKREG_TEST_IMAGE" >&2
+    fi
+  }
+  trap remove_test_image EXIT
 else
   echo "==> no Docker engine reachable: the sidekick container tests will skip (they fail under CI=true)"
 fi

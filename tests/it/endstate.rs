@@ -19,7 +19,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One server as all three views describe it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -139,21 +138,7 @@ pub async fn haproxy_view(admin: &Path, backends: &BTreeSet<String>) -> Result<V
 
 /// One command on HAProxy's admin socket (1 s deadline).
 pub async fn admin_command(admin: &Path, cmd: &str) -> Result<String, String> {
-    let attempt = async {
-        let mut s = tokio::net::UnixStream::connect(admin).await?;
-        s.write_all(format!("{cmd}\n").as_bytes()).await?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await?;
-        Ok::<_, std::io::Error>(out)
-    };
-    match tokio::time::timeout(Duration::from_secs(1), attempt).await {
-        Ok(Ok(out)) => Ok(out),
-        Ok(Err(e)) => Err(format!("admin socket {}: {e}", admin.display())),
-        Err(_) => Err(format!(
-            "admin socket {}: no answer in 1 s",
-            admin.display()
-        )),
-    }
+    dockreg_testkit::haproxy::admin_command(admin, cmd, Duration::from_secs(1)).await
 }
 
 /// The three views at one moment.

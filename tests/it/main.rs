@@ -1,7 +1,6 @@
 //! Integration tests: one test binary with a shared harness (real etcd, real HAProxy, real
 //! HTTP backends and real requests; the real Docker engine for the sidekick).
 
-mod docker;
 mod endstate;
 mod faults_etcd;
 mod faults_watcher;
@@ -11,6 +10,4 @@ mod promises;
 mod sidekick;
 mod sidekick_faults;
 mod sidekick_promises;
-mod tcpproxy;
-mod tls;
 mod watcher;

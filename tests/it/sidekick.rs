@@ -2,8 +2,8 @@
 //! engine, against a real etcd on the host, run as the seed runs it:
 //! `docker run -d -p 8000 -v /var/run/docker.sock:/var/run/docker.sock -e IP=… image …`.
 
-use crate::docker::*;
 use crate::harness::*;
+use dockreg_testkit::docker::*;
 use etcd_client::Client;
 use std::time::{Duration, Instant};
 

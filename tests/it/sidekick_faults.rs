@@ -4,10 +4,10 @@
 //! Each test asserts the end state (the key present under a live lease, a value the watcher
 //! accepts) within a bound, and prints the time it measured.
 
-use crate::docker::*;
 use crate::harness::*;
 use crate::sidekick::*;
-use crate::tcpproxy::TcpProxy;
+use dockreg_testkit::docker::*;
+use dockreg_testkit::tcpproxy::TcpProxy;
 use etcd_client::Client;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -3,10 +3,10 @@
 //! leave the registration alone; it registers over TLS (and a wrong CA is a clear error); it
 //! ends registered under a live lease when etcd is restored from a snapshot (a new cluster id).
 
-use crate::docker::*;
 use crate::harness::*;
 use crate::sidekick::*;
-use crate::tls::{Certs, TlsEtcd};
+use dockreg_testkit::docker::*;
+use dockreg_testkit::tls::{Certs, TlsEtcd};
 use etcd_client::Client;
 use std::path::{Path, PathBuf};
 use std::process::Command;

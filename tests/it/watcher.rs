@@ -3,6 +3,7 @@
 
 use crate::endstate::converged;
 use crate::harness::*;
+use dockreg_testkit::tls::{Certs, TlsEtcd};
 use etcd_client::PutOptions;
 use std::time::Duration;
 
@@ -543,89 +544,15 @@ async fn failed_reload_is_retried_until_it_succeeds() {
     child.0.kill().unwrap();
 }
 
-/// Makes a CA, a server certificate for 127.0.0.1 and a client certificate in `dir`.
-fn make_certs(dir: &std::path::Path) {
-    let sh = |script: &str| {
-        let out = std::process::Command::new("sh")
-            .arg("-ec")
-            .arg(script)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca \
-        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
-        -keyout ca.key -out ca.pem 2>/dev/null
-        for n in server client; do
-          openssl req -newkey rsa:2048 -nodes -subj /CN=dockreg-$n -keyout $n.key -out $n.csr 2>/dev/null
-          printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth,clientAuth\\n' > $n.ext
-          openssl x509 -req -in $n.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile $n.ext -out $n.pem 2>/dev/null
-        done");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_over_tls_with_password_auth() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    make_certs(d);
-    let (port, peer) = (free_port(), free_port());
-    let url = format!("https://127.0.0.1:{port}");
-    let p = |f: &str| d.join(f).display().to_string();
-    let _etcd = ChildGuard(
-        std::process::Command::new("etcd")
-            .args(["--data-dir", &p("etcd-tls")])
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args([
-                "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
-            ])
-            .args([
-                "--initial-cluster",
-                &format!("default=http://127.0.0.1:{peer}"),
-            ])
-            .args([
-                "--cert-file",
-                &p("server.pem"),
-                "--key-file",
-                &p("server.key"),
-            ])
-            .args(["--trusted-ca-file", &p("ca.pem"), "--client-cert-auth"])
-            .stderr(std::fs::File::create(d.join("etcd-tls.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let etcdctl = |args: &[&str]| {
-        std::process::Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args([
-                "--endpoints",
-                &url,
-                "--cacert",
-                &p("ca.pem"),
-                "--cert",
-                &p("client.pem"),
-                "--key",
-                &p("client.key"),
-            ])
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    eventually(Duration::from_secs(20), "etcd with TLS up", || async {
-        etcdctl(&["endpoint", "health"]).status.success()
-    })
-    .await;
+    let certs = Certs::make(d, &["127.0.0.1"]);
+    let etcd = TlsEtcd::start(d, certs, &["127.0.0.1"]).await;
+    let url = etcd.url_on("127.0.0.1");
+    let p = |f: &str| etcd.certs.path(f);
+    let etcdctl = |args: &[&str]| etcd.etcdctl(args);
     for args in [
         &["user", "add", "root:rootpw"][..],
         &["user", "add", "watcher:s3cret"],

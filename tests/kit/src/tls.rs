@@ -4,9 +4,7 @@
 //! The server certificate names every address etcd listens on: 127.0.0.1 for the tests, and
 //! the Docker bridge gateway when containers must reach it too.
 
-#![allow(dead_code)]
-
-use crate::harness::*;
+use crate::{eventually, free_port, Guard};
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -76,7 +74,7 @@ impl Certs {
 pub struct TlsEtcd {
     pub port: u16,
     pub certs: Certs,
-    _child: ChildGuard,
+    _child: Guard,
 }
 
 impl TlsEtcd {
@@ -107,7 +105,7 @@ impl TlsEtcd {
         let e = TlsEtcd {
             port,
             certs,
-            _child: ChildGuard(child),
+            _child: Guard(child),
         };
         eventually(Duration::from_secs(20), "etcd with TLS up", || async {
             e.etcdctl(&["endpoint", "health"]).status.success()

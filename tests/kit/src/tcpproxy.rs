@@ -5,8 +5,6 @@
 //! error, nothing arrives); [`TcpProxy::heal`] resumes, delivering what was held back.
 //! Connections accepted while frozen stay silent until healed.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
