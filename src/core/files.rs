@@ -90,6 +90,15 @@ impl Staged {
     /// Writes `content` to a temporary file beside `target` and fsyncs it. The file gets the
     /// live file's permissions, or 0644 for a new one.
     pub fn write(target: &Path, content: &str) -> std::io::Result<Self> {
+        let staged = Self::write_unsynced(target, content)?;
+        staged.sync()?;
+        Ok(staged)
+    }
+
+    /// Like [`write`](Self::write) without the fsync, which [`sync`](Self::sync) does later:
+    /// a full disk or a read-only folder already fails here, and the fsync can wait until
+    /// after work that should not queue behind the disk.
+    pub fn write_unsynced(target: &Path, content: &str) -> std::io::Result<Self> {
         let dir = folder(target);
         let name = file_name(target);
         let mut file = tempfile::Builder::new()
@@ -103,11 +112,15 @@ impl Staged {
             .unwrap_or(0o644);
         file.as_file()
             .set_permissions(std::fs::Permissions::from_mode(mode))?;
-        file.as_file().sync_all()?;
         Ok(Self {
             file,
             target: target.to_path_buf(),
         })
+    }
+
+    /// Flushes the candidate to disk.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.as_file().sync_all()
     }
 
     /// Where the candidate is staged (to pass to `haproxy -c`).

@@ -14,11 +14,12 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
     /// writes the set.
     ///
     /// The order keeps one invariant: **HAProxy never routes by anything the files on disk
-    /// will not hold.** The changed outputs are staged (written and fsynced beside the live
-    /// files) before any runtime command goes out, so a full disk or a read-only folder stops
-    /// the apply before HAProxy changes; the runtime commands come next (HAProxy routes the new
-    /// way before `haproxy -c` ends); a candidate `haproxy -c` refuses after all makes HAProxy
-    /// reload the files on disk; a reload only ever loads files completely written.
+    /// will not hold.** The changed outputs are staged (written beside the live files) before
+    /// any runtime command goes out, so a full disk or a read-only folder stops the apply
+    /// before HAProxy changes; the runtime commands come next (HAProxy routes the new way
+    /// before the fsync and `haproxy -c` end); a candidate `haproxy -c` refuses after all
+    /// makes HAProxy reload the files on disk; a fsync or rename that fails after the runtime
+    /// commands is retried, never reverted; a reload only ever loads files completely written.
     pub async fn apply(&mut self) -> Applied {
         if !self.synced {
             return Applied::NotSynced;

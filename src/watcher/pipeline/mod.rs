@@ -3,9 +3,9 @@
 //!
 //! ```text
 //! etcd watch ─┐                     ┌─ render all templates (incremental catalog, no copy)
-//!             ├─► Input ─► debounce ┤  unchanged? stop.  changed? stage (write + fsync)
+//!             ├─► Input ─► debounce ┤  unchanged? stop.  changed? stage (write)
 //! notify ─────┘                     ├─ runtime commands for server changes (route.rs)
-//!                                   └─ `haproxy -c` ─► rename ─► reload if still needed
+//!                                   └─ fsync, `haproxy -c` ─► rename ─► reload if still needed
 //! ```
 //!
 //! One task owns all state, so there is exactly one render and at most one reload in flight;

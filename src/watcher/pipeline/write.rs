@@ -1,6 +1,6 @@
-//! Writing an apply's outputs: stage each changed output beside its live file (written and
-//! fsynced, before anything reaches HAProxy), validate the whole set with HAProxy, then rename
-//! each candidate over its live file.
+//! Writing an apply's outputs: stage each changed output beside its live file (written before
+//! anything reaches HAProxy, so a full disk or a read-only folder stops the apply there), then
+//! fsync, validate the whole set with HAProxy, and rename each candidate over its live file.
 
 use crate::core::files::Staged;
 use crate::haproxy::{CheckError, Validate};
@@ -18,7 +18,7 @@ pub fn stage(
     for &i in changed {
         let out = &specs[i].output;
         let text = candidates[i].as_deref().unwrap_or_default();
-        match Staged::write(out, text) {
+        match Staged::write_unsynced(out, text) {
             Ok(s) => staged.push((i, s)),
             Err(e) => {
                 return Err(format!(
@@ -31,15 +31,22 @@ pub fn stage(
     Ok(staged)
 }
 
-/// Validates the staged candidates together with the live outputs they do not replace
-/// (`disk[i]` is `None` for an output not written yet), then renames each over its live
-/// file. Returns the outputs replaced (some, if a rename failed midway) and the outcome.
+/// Fsyncs the staged candidates, validates them together with the live outputs they do not
+/// replace (`disk[i]` is `None` for an output not written yet), then renames each over its
+/// live file. Returns the outputs replaced (some, if a rename failed midway) and the outcome.
 pub async fn validate_and_commit<V: Validate>(
     specs: &[TemplateSpec],
     validator: Option<&V>,
     disk: &[Option<String>],
     staged: Vec<(usize, Staged)>,
 ) -> (Vec<usize>, Result<(), CheckError>) {
+    for (i, s) in &staged {
+        if let Err(e) = s.sync() {
+            let out = specs[*i].output.display();
+            let msg = format!("--output {out}: cannot write a candidate: {e}");
+            return (Vec::new(), Err(CheckError::Transient(msg)));
+        }
+    }
     if let Some(v) = validator {
         let files: Vec<PathBuf> = (0..specs.len())
             .filter_map(|i| match staged.iter().find(|(j, _)| *j == i) {
