@@ -16,7 +16,7 @@ mod validate;
 
 pub use master::{MasterError, MasterSocket, ProcList};
 // The seams of `watcher::pipeline`, public as long as the pipeline is.
-pub use admin::RuntimeUpdate;
+pub use admin::{ApplyError, RuntimeUpdate};
 pub use reload::{Reload, ReloadError};
 pub use validate::{CheckError, Validate};
 

@@ -272,7 +272,7 @@ pub trait RuntimeUpdate: Send + Sync {
         &'a self,
         ops: &'a [Op],
         expected: &'a BTreeMap<String, Vec<Server>>,
-    ) -> BoxFuture<'a, Result<String, String>>;
+    ) -> BoxFuture<'a, Result<String, ApplyError>>;
 
     /// Runs before each reload of `configs` (the files, parsed): saves the server state for
     /// the next worker.
@@ -302,13 +302,8 @@ impl RuntimeUpdate for RuntimePath {
         &'a self,
         ops: &'a [Op],
         expected: &'a BTreeMap<String, Vec<Server>>,
-    ) -> BoxFuture<'a, Result<String, String>> {
-        Box::pin(async move {
-            self.applier
-                .apply(ops, expected)
-                .await
-                .map_err(|e| e.to_string())
-        })
+    ) -> BoxFuture<'a, Result<String, ApplyError>> {
+        Box::pin(self.applier.apply(ops, expected))
     }
 
     fn before_reload<'a>(&'a self, configs: &'a [&'a Config]) -> BoxFuture<'a, ()> {

@@ -13,7 +13,7 @@ pub(crate) mod commands;
 #[cfg(test)]
 mod tests;
 
-pub use apply::RuntimeUpdate;
+pub use apply::{ApplyError, RuntimeUpdate};
 pub(crate) use apply::{RuntimeApplier, RuntimePath};
 
 use super::config::Config;
@@ -40,7 +40,7 @@ pub(crate) type BoxFuture<'a, T> =
 /// What went wrong with a command on the admin socket. Each message names the socket or the
 /// command, and HAProxy's answer when there is one.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum AdminError {
+pub enum AdminError {
     /// The socket could not be reached, or the exchange broke off.
     #[error("admin socket {}: `{cmd}`: {error}", socket.display())]
     Io {

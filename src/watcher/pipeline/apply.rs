@@ -4,7 +4,7 @@
 use super::route::{self, Routed};
 use super::{write, Applied, Pipeline, Running};
 use crate::haproxy::config::Config;
-use crate::haproxy::{CheckError, Reload, Validate};
+use crate::haproxy::{ApplyError, CheckError, Reload, Validate};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -240,7 +240,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
     fn path_taken(
         &mut self,
         routed: &Option<Routed>,
-        runtime_outcome: &Option<Result<String, String>>,
+        runtime_outcome: &Option<Result<String, ApplyError>>,
     ) -> (Path, String, Option<String>) {
         let Some(routed) = routed else {
             let why = "no --runtime-socket".to_string();

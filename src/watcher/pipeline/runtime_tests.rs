@@ -6,6 +6,7 @@ use super::*;
 use crate::haproxy::admin::BoxFuture;
 use crate::haproxy::config::Server;
 use crate::haproxy::plan::Op;
+use crate::haproxy::ApplyError;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -24,10 +25,10 @@ impl RuntimeUpdate for FakeRuntime {
         &'a self,
         ops: &'a [Op],
         expected: &'a BTreeMap<String, Vec<Server>>,
-    ) -> BoxFuture<'a, Result<String, String>> {
+    ) -> BoxFuture<'a, Result<String, ApplyError>> {
         Box::pin(async move {
             if let Some(e) = self.fail.lock().unwrap().clone() {
-                return Err(e);
+                return Err(ApplyError::StateDiffers(e));
             }
             self.applied
                 .lock()
