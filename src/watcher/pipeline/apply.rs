@@ -120,8 +120,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                     .map(|&i| self.renderer.specs()[i].output.clone())
                     .collect();
                 self.refused = None;
-                self.apply_retry.reset();
-                self.writable_again();
+                self.retry.succeeded();
                 self.stats.writes += 1;
                 if let Some(why) = &reload_why {
                     self.schedule_reload(why);
@@ -162,28 +161,11 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         }
     }
 
-    /// The outputs could not be staged or written: HAProxy is left as it is, the apply is
-    /// retried with backoff, and only the first failure in a row is logged as an error.
+    /// The outputs could not be staged or written: HAProxy is left as it is, and the apply is
+    /// retried with backoff.
     fn write_failed(&mut self, e: String) -> Applied {
-        let delay = self.apply_retry.next_delay();
-        self.apply_retry_at = Some(Instant::now() + delay);
-        self.write_failures += 1;
-        if self.write_failures == 1 {
-            tracing::error!(error = %e, retry_in = ?delay, "could not write the new configuration; HAProxy keeps its current one, retrying with backoff");
-        } else {
-            tracing::debug!(error = %e, attempts = self.write_failures, retry_in = ?delay, "still cannot write the new configuration");
-        }
+        self.retry.failed(&e);
         Applied::Rejected(e)
-    }
-
-    fn writable_again(&mut self) {
-        if self.write_failures > 0 {
-            tracing::info!(
-                failed_attempts = self.write_failures,
-                "outputs written again"
-            );
-            self.write_failures = 0;
-        }
     }
 
     /// Plans the changed outputs against what HAProxy runs (see [`route::choose`]); `None`

@@ -28,10 +28,10 @@ mod apply;
 mod debounce;
 mod diagnose;
 mod reload;
+mod retry;
 mod route;
 mod write;
 
-use crate::core::backoff::Backoff;
 use crate::core::files::read_live;
 use crate::haproxy::config::Config;
 use crate::haproxy::{Reload, RuntimeUpdate, Validate};
@@ -142,10 +142,7 @@ pub struct Pipeline<V, R> {
     /// it is not re-checked unchanged.
     refused: Option<(Vec<Option<String>>, Option<std::time::SystemTime>)>,
     /// When to retry an apply that failed for a passing reason (I/O, a check that timed out).
-    apply_retry_at: Option<Instant>,
-    apply_retry: Backoff,
-    /// Consecutive applies that could not write the outputs (the first one is logged).
-    write_failures: u32,
+    retry: retry::ApplyRetry,
     /// Render errors of the last apply (an output whose template failed keeps its live file).
     pub render_errors: Vec<String>,
     synced: bool,
@@ -179,14 +176,12 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             reloader,
             runtime: None,
             debounce: Debounce::new(timing.debounce, timing.debounce_max),
-            apply_retry: Backoff::new(timing.retry_min, timing.retry_max),
+            retry: retry::ApplyRetry::new(timing.retry_min, timing.retry_max),
             reloads: reload::Schedule::new(&timing),
             timing,
             running: vec![Running::Unknown("first update since start"); disk.len()],
             disk,
             refused: None,
-            apply_retry_at: None,
-            write_failures: 0,
             render_errors: Vec::new(),
             synced: false,
             templates_touched: Default::default(),
@@ -252,7 +247,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         } else {
             self.debounce.due()
         };
-        let due = match (debounced, self.apply_retry_at) {
+        let due = match (debounced, self.retry.due()) {
             (Some(d), Some(r)) => d.min(r),
             (d, r) => d.or(r)?,
         };
@@ -292,7 +287,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
     pub async fn tick(&mut self, now: Instant) {
         if self.apply_due().is_some_and(|d| d <= now) {
             self.debounce.applied();
-            self.apply_retry_at = None;
+            self.retry.started();
             self.apply().await;
         }
         if self.reloads.due().is_some_and(|t| t <= Instant::now()) {
