@@ -267,4 +267,4 @@ pub(crate) fn scan_keywords(rest: &[String]) -> Result<Vec<&str>, String> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -4,7 +4,8 @@
 use super::lex::split_words;
 use super::*;
 
-const BASE: &str = "\
+/// A small configuration of every common section, shared with the planner's tests.
+pub(crate) const BASE: &str = "\
 global
     maxconn 1000
 

@@ -47,24 +47,7 @@ fn commands(ops: &[Op]) -> Vec<String> {
         .collect()
 }
 
-const BASE: &str = "\
-global
-    maxconn 1000
-
-defaults
-    mode http
-    timeout connect 5s
-
-frontend fe
-    bind 127.0.0.1:8080
-    default_backend web
-
-backend web
-    balance roundrobin
-    retries 2
-    server s1 10.0.0.1:80 check weight 10
-    server s2 10.0.0.2:80 check weight 20
-";
+use crate::haproxy::config::tests::BASE;
 
 #[test]
 fn comments_and_whitespace_mean_nothing() {
