@@ -1,6 +1,7 @@
 //! Unit tests of the planner: decision rules, and the commands each planned operation sends.
 use super::*;
 use crate::core::keys::server_name;
+use crate::haproxy::config::tests::BASE;
 use std::net::SocketAddr;
 
 /// What templates/haproxy-backends.cfg.tera renders (the built-in template) for these
@@ -46,8 +47,6 @@ fn commands(ops: &[Op]) -> Vec<String> {
         .flat_map(crate::haproxy::admin::commands::of_op)
         .collect()
 }
-
-use crate::haproxy::config::tests::BASE;
 
 #[test]
 fn comments_and_whitespace_mean_nothing() {
