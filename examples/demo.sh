@@ -51,7 +51,8 @@ BACKEND="$ROOT/target/release/examples/demo_backend"
 ensure_packages() {
     local missing
     mapfile -t missing < <(missing_packages etcd=etcd-server etcdctl=etcd-client haproxy=haproxy \
-        protoc=protobuf-compiler socat=socat curl=curl setsid=util-linux)
+        protoc=protobuf-compiler \
+        /usr/include/google/protobuf/descriptor.proto=libprotobuf-dev socat=socat curl=curl setsid=util-linux)
     ensure_cargo
     install_packages "${missing[@]}"
 }

@@ -122,7 +122,8 @@ static_busybox() { [[ -x /bin/busybox ]] && ! ldd /bin/busybox >/dev/null 2>&1; 
 ensure_packages() {
     local missing
     mapfile -t missing < <(missing_packages etcd=etcd-server etcdctl=etcd-client haproxy=haproxy \
-        protoc=protobuf-compiler socat=socat curl=curl setsid=util-linux ip=iproute2)
+        protoc=protobuf-compiler \
+        /usr/include/google/protobuf/descriptor.proto=libprotobuf-dev socat=socat curl=curl setsid=util-linux ip=iproute2)
     static_busybox || missing+=(busybox-static)
     ensure_cargo
     command -v docker >/dev/null || die "docker not found: install Docker (apt-get install docker.io) first"

@@ -179,11 +179,19 @@ install_traps() {
 # ---------------------------------------------------------------------------------------------
 # Setup
 
-# missing_packages COMMAND=PACKAGE...: prints, one a line, the PACKAGE of each COMMAND not found.
+# missing_packages COMMAND=PACKAGE...: prints, one a line, the PACKAGE of each COMMAND not found
+# (a /path instead of a COMMAND: the PACKAGE when that file is missing).
 missing_packages() {
-    local pair
+    local pair what
     for pair in "$@"; do
-        command -v "${pair%%=*}" >/dev/null || printf '%s\n' "${pair#*=}"
+        what=${pair%%=*}
+        if [[ $what == /* ]]; then
+            # A file rather than a command (protoc's well-known types, which etcd-client's build
+            # imports, come in their own package).
+            [[ -e $what ]] || printf '%s\n' "${pair#*=}"
+        else
+            command -v "$what" >/dev/null || printf '%s\n' "${pair#*=}"
+        fi
     done
 }
 
