@@ -106,6 +106,20 @@ fn check_toggled(old: &[Vec<Slot>], new: &[Vec<Slot>]) -> bool {
     })
 }
 
+/// The parsed old and new configurations over the backends both sides have (a new backend is
+/// a reload, tested by example), the option index kept only if it names one of them.
+fn configs(
+    old: &[Vec<Slot>],
+    new: &[Vec<Slot>],
+    option: Option<usize>,
+) -> (usize, Option<usize>, Config, Config) {
+    let n = old.len().min(new.len());
+    let option = option.filter(|&b| b < n);
+    let old_c = parse(&render(&old[..n], None));
+    let new_c = parse(&render(&new[..n], option));
+    (n, option, old_c, new_c)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -115,11 +129,8 @@ proptest! {
         new in backends(),
         option in proptest::option::of(0usize..4),
     ) {
-        // Same backends on both sides (a new backend is a reload, tested by example).
-        let n = old.len().min(new.len());
+        let (n, option, old_c, new_c) = configs(&old, &new, option);
         let (old, new) = (&old[..n], &new[..n]);
-        let option = option.filter(|&b| b < n);
-        let (old_c, new_c) = (parse(&render(old, None)), parse(&render(new, option)));
         let expressible = option.is_none() && !check_toggled(old, new);
         match plan_parsed(&old_c, &new_c) {
             Plan::Nothing => prop_assert_eq!(servers(&old_c), servers(&new_c)),
@@ -139,10 +150,8 @@ proptest! {
         new in backends(),
         option in proptest::option::of(0usize..4),
     ) {
-        let n = old.len().min(new.len());
+        let (n, option, old_c, new_c) = configs(&old, &new, option);
         let (old, new) = (&old[..n], &new[..n]);
-        let option = option.filter(|&b| b < n);
-        let (old_c, new_c) = (parse(&render(old, None)), parse(&render(new, option)));
         let p = plan_partial(&old_c, &new_c);
         // HAProxy after the operations holds exactly the servers `after` says.
         prop_assert_eq!(apply(servers(&old_c), &p.ops), servers(&p.after));

@@ -81,13 +81,12 @@ pub(super) fn setup() -> Setup {
     })
 }
 
-/// A pipeline writing into a folder of its own, with `timing`.
-pub(super) fn setup_with(timing: Timing) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("backends.cfg");
+/// The renderer of `template` (built-in when `None`) into `out`, and a `/service` catalog
+/// for it.
+fn renderer_and_catalog(template: Option<PathBuf>, out: &std::path::Path) -> (Renderer, Catalog) {
     let renderer = Renderer::new(vec![TemplateSpec {
-        template: None,
-        output: out.clone(),
+        template,
+        output: out.to_path_buf(),
     }])
     .unwrap();
     let catalog = Catalog::with_views(
@@ -95,6 +94,14 @@ pub(super) fn setup_with(timing: Timing) -> Setup {
         renderer.views(),
     )
     .unwrap();
+    (renderer, catalog)
+}
+
+/// A pipeline writing into a folder of its own, with `timing`.
+pub(super) fn setup_with(timing: Timing) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("backends.cfg");
+    let (renderer, catalog) = renderer_and_catalog(None, &out);
     let (v, r) = (FakeValidator::default(), FakeReloader::default());
     let p = Pipeline::new(catalog, renderer, Some(v.clone()), Some(r.clone()), timing).unwrap();
     Setup {
@@ -159,17 +166,10 @@ async fn up_to_date_files_at_start_are_reloaded_once() {
     // A second watcher over the same, already written, files.
     let mut t = setup();
     std::fs::copy(&s.out, &t.out).unwrap();
+    let (renderer, catalog) = renderer_and_catalog(None, &t.out);
     t.p = Pipeline::new(
-        Catalog::with_views(
-            vec![ServicePrefix::parse("/service").unwrap()],
-            t.p.renderer.views(),
-        )
-        .unwrap(),
-        Renderer::new(vec![TemplateSpec {
-            template: None,
-            output: t.out.clone(),
-        }])
-        .unwrap(),
+        catalog,
+        renderer,
         Some(t.v.clone()),
         Some(t.r.clone()),
         Timing::default(),
@@ -291,16 +291,7 @@ async fn broken_template_edit_keeps_the_last_good_template() {
     let tpl = dir.path().join("t.tera");
     std::fs::write(&tpl, "v1 {{ services | length }}\n").unwrap();
     let out = dir.path().join("o.cfg");
-    let renderer = Renderer::new(vec![TemplateSpec {
-        template: Some(tpl.clone()),
-        output: out.clone(),
-    }])
-    .unwrap();
-    let catalog = Catalog::with_views(
-        vec![ServicePrefix::parse("/service").unwrap()],
-        renderer.views(),
-    )
-    .unwrap();
+    let (renderer, catalog) = renderer_and_catalog(Some(tpl.clone()), &out);
     let mut p: Pipeline<FakeValidator, FakeReloader> =
         Pipeline::new(catalog, renderer, None, None, Timing::default()).unwrap();
     p.handle(snapshot(&[]), Instant::now());
