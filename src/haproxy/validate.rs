@@ -25,7 +25,7 @@ impl CheckError {
 }
 
 /// Checks a set of configuration files the way HAProxy will load them.
-pub trait Validate {
+pub trait Validate: Send + Sync + 'static {
     /// `files` are passed in order as `-f`, after the base configuration. A refusal holds
     /// HAProxy's own message.
     fn validate(

@@ -77,14 +77,22 @@ pub struct WatcherArgs {
     #[arg(long, env = "DOCKREG_RELOAD_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub reload_timeout: Duration,
 
-    /// Apply a change once no other arrived for this long (bursts are coalesced); a change after
-    /// a quiet stretch is applied at once.
-    #[arg(long, env = "DOCKREG_DEBOUNCE", default_value = "100ms", value_parser = humantime::parse_duration)]
-    pub debounce: Duration,
+    /// Re-read an edited template once its file saw no other event for this long (an editor
+    /// may write it in several steps). etcd changes never wait: they apply at once.
+    #[arg(long, env = "DOCKREG_TEMPLATE_SETTLE", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub template_settle: Duration,
 
-    /// Never hold a change back longer than this, however busy etcd is.
-    #[arg(long, env = "DOCKREG_DEBOUNCE_MAX", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub debounce_max: Duration,
+    /// Never hold a template edit back longer than this, however often the file changes.
+    #[arg(long, env = "DOCKREG_TEMPLATE_SETTLE_MAX", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub template_settle_max: Duration,
+
+    /// Deprecated: the old name of --template-settle (etcd changes are no longer debounced).
+    #[arg(long, env = "DOCKREG_DEBOUNCE", hide = true, value_parser = humantime::parse_duration)]
+    pub debounce: Option<Duration>,
+
+    /// Deprecated: the old name of --template-settle-max.
+    #[arg(long, env = "DOCKREG_DEBOUNCE_MAX", hide = true, value_parser = humantime::parse_duration)]
+    pub debounce_max: Option<Duration>,
 
     /// Least time between two HAProxy reloads.
     #[arg(long, env = "DOCKREG_MIN_RELOAD_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
@@ -148,10 +156,26 @@ impl WatcherArgs {
         Ok(specs)
     }
 
+    /// One warning per deprecated flag in use, naming the flag that replaces it.
+    pub(crate) fn deprecations(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let said = "etcd changes now apply at once, without debounce";
+        if self.debounce.is_some() {
+            out.push(format!("--debounce is deprecated ({said}): it sets --template-settle, which only delays re-reading an edited template"));
+        }
+        if self.debounce_max.is_some() {
+            out.push(format!(
+                "--debounce-max is deprecated ({said}): it sets --template-settle-max"
+            ));
+        }
+        out
+    }
+
+    /// The pipeline's timing.
     pub(crate) fn timing(&self) -> Timing {
         Timing {
-            debounce: self.debounce,
-            debounce_max: self.debounce_max,
+            template_settle: self.debounce.unwrap_or(self.template_settle),
+            template_settle_max: self.debounce_max.unwrap_or(self.template_settle_max),
             min_reload_interval: self.min_reload_interval,
             ..Timing::default()
         }

@@ -37,6 +37,9 @@ pub(crate) fn build(args: &WatcherArgs) -> Result<WatcherPipeline, Fatal> {
             }
         }
     }
+    for warning in args.deprecations() {
+        tracing::warn!("{warning}");
+    }
     let reloader = reloader(args);
     let runtime = runtime_path(args, reloader.is_some()).map_err(Fatal::usage)?;
     let validator = validator(args).map_err(Fatal::usage)?;
@@ -158,7 +161,11 @@ pub(crate) fn remove_stale_temporaries(
     args: &WatcherArgs,
     pipeline: &WatcherPipeline,
 ) -> Result<()> {
-    let outputs = pipeline.renderer.specs().iter().map(|s| s.output.as_path());
+    let outputs = pipeline
+        .renderer()
+        .specs()
+        .iter()
+        .map(|s| s.output.as_path());
     for target in outputs.chain(args.server_state_file.as_deref()) {
         crate::core::files::remove_stale_temporaries(target)?;
     }

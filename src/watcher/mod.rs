@@ -10,7 +10,7 @@
 //! - `catalog`: the endpoints per service, and the template context;
 //! - `render`: Tera templates into configuration text;
 //! - `templates`: the template files watched on disk;
-//! - `pipeline`: debounce, render, stage, route, validate, write, reload.
+//! - `pipeline`: when to apply, render, stage, route, commit (validate, write), reload.
 
 mod args;
 mod build;

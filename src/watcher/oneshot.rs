@@ -32,8 +32,8 @@ pub(crate) async fn one_shot(
     pipeline.handle(Input::Etcd(snapshot), tokio::time::Instant::now());
     if args.dry_run {
         let mut failed = false;
-        let rendered = pipeline.renderer.render_all(&mut pipeline.catalog);
-        for (spec, r) in pipeline.renderer.specs().iter().zip(rendered) {
+        let rendered = pipeline.render_preview();
+        for (spec, r) in pipeline.renderer().specs().iter().zip(rendered) {
             match r {
                 Ok(text) => {
                     let live = crate::core::files::read_live(&spec.output)?;
@@ -64,8 +64,8 @@ pub(crate) async fn one_shot(
         Applied::Written(paths) => tracing::info!(?paths, "--once: written"),
         Applied::NotSynced => bail!("--once: no data from etcd"),
     }
-    if !pipeline.render_errors.is_empty() {
-        tracing::error!(errors = ?pipeline.render_errors, "--once: a template did not render");
+    if !pipeline.render_errors().is_empty() {
+        tracing::error!(errors = ?pipeline.render_errors(), "--once: a template did not render");
         return Ok(ExitCode::FAILURE);
     }
     if pipeline.reload_pending() && !pipeline.reload().await {

@@ -79,7 +79,11 @@ async fn watch(
         forward_etcd(etcd_rx, tx.clone(), token.clone()),
     );
 
-    let templates: Vec<PathBuf> = pipeline.renderer.template_paths().map(Into::into).collect();
+    let templates: Vec<PathBuf> = pipeline
+        .renderer()
+        .template_paths()
+        .map(Into::into)
+        .collect();
     let (changed_tx, changed_rx) = mpsc::unbounded_channel();
     if let Some(watcher) = watch_templates(templates, changed_tx)? {
         let work = forward_templates(watcher, changed_rx, tx, token.clone());
@@ -88,8 +92,8 @@ async fn watch(
 
     tracing::info!(
         etcd = %args.etcd.endpoints.join(","),
-        services = ?pipeline.catalog.services().iter().map(|s| s.prefix.to_string()).collect::<Vec<_>>(),
-        outputs = ?pipeline.renderer.specs().iter().map(|s| s.output.display().to_string()).collect::<Vec<_>>(),
+        services = ?pipeline.catalog().services().iter().map(|s| s.prefix.to_string()).collect::<Vec<_>>(),
+        outputs = ?pipeline.renderer().specs().iter().map(|s| s.output.display().to_string()).collect::<Vec<_>>(),
         "dockreg-haproxy started"
     );
     let t = token.clone();

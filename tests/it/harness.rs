@@ -174,7 +174,7 @@ impl Watcher {
             .arg(&haproxy.base)
             .arg("--master-socket")
             .arg(&haproxy.master_socket)
-            .arg("--debounce")
+            .arg("--template-settle")
             .arg("50ms")
             .arg("--min-reload-interval")
             .arg("200ms")

@@ -321,7 +321,7 @@ async fn unchanged_render_causes_no_write_and_no_reload() {
     w.put(&b.key(0), "running").await;
     w.put("/service/not-an-endpoint", "running").await;
     w.put(&b.key(0), r#"{"weight":100}"#).await;
-    // Beyond the debounce, so the sentinel below is an apply of its own.
+    // Spaced, so the sentinel below is an apply of its own.
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Sentinel: once it is served, every change before it was handled.
     w.put(&b.key(1), "running").await;
@@ -525,7 +525,7 @@ async fn failed_reload_is_retried_until_it_succeeds() {
         "--haproxy-config",
         &base,
     ])
-    .args(["--reload-cmd", &cmd, "--debounce", "50ms"])
+    .args(["--reload-cmd", &cmd, "--template-settle", "50ms"])
     .envs(w.haproxy.env.iter().cloned())
     .stdout(std::process::Stdio::null())
     .stderr(std::fs::File::create(w.path().join("retry.log")).unwrap());

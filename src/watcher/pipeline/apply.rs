@@ -1,17 +1,50 @@
-//! One apply: render, stage, route (runtime commands now, a reload for the rest), validate,
-//! write — and the bookkeeping of what HAProxy runs that the next apply plans against.
+//! One apply's fast half: render, compare, stage, route and send the runtime commands — and
+//! the bookkeeping of what HAProxy runs that the next apply plans against. The slow half
+//! (fsync, `haproxy -c`, rename) is a [`Commit`] that `commit.rs` finishes off the routing
+//! path.
 
+use super::commit::{Commit, Content, RuntimeSent};
 use super::route::{self, Routed};
 use super::{write, Applied, Pipeline, Running};
 use crate::haproxy::config::Config;
-use crate::haproxy::{ApplyError, CheckError, Reload, Validate};
+use crate::haproxy::{ApplyError, Reload, Validate};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::time::Instant;
 
+/// How the fast half of an apply ended.
+pub(super) enum Prepared {
+    /// Nothing is left to do (no change, a refusal, a failure to stage).
+    Done(Applied),
+    /// The runtime commands went out; the candidates wait to be checked and written.
+    Commit(Commit),
+}
+
 impl<V: Validate, R: Reload> Pipeline<V, R> {
-    /// Renders every template and, if any output changed, stages, routes, validates and
-    /// writes the set.
+    /// Applies everything pending, settled or not, and waits for its files to be checked and
+    /// written (`--once`, tests). The watch loop instead finishes the commit off the routing
+    /// path (`run.rs`).
+    pub async fn apply(&mut self) -> Applied {
+        let templates = self.pending.take_all();
+        self.apply_waiting(templates).await
+    }
+
+    /// Applies the pending changes with `templates` re-read, and waits for the commit.
+    pub(super) async fn apply_waiting(&mut self, templates: Vec<PathBuf>) -> Applied {
+        self.retry.started();
+        match self.prepare(templates).await {
+            Prepared::Done(applied) => applied,
+            Prepared::Commit(commit) => {
+                let (files, meta) = commit.split();
+                let outcome = self.check_and_write(files).await;
+                self.committed(meta, outcome)
+            }
+        }
+    }
+
+    /// Renders every template (re-reading `templates` first) and, if any output changed from
+    /// what is written or about to be, stages the changed outputs, routes them and sends the
+    /// runtime commands.
     ///
     /// The order keeps one invariant: **HAProxy never routes by anything the files on disk
     /// will not hold.** The changed outputs are staged (written beside the live files) before
@@ -19,32 +52,33 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
     /// before HAProxy changes; the runtime commands come next (HAProxy routes the new way
     /// before the fsync and `haproxy -c` end); a candidate `haproxy -c` refuses after all
     /// makes HAProxy reload the files on disk; a fsync or rename that fails after the runtime
-    /// commands is retried, never reverted; a reload only ever loads files completely written.
-    pub async fn apply(&mut self) -> Applied {
+    /// commands is retried, never reverted; a reload only ever loads files completely written
+    /// (it waits for the commits in flight).
+    pub(super) async fn prepare(&mut self, templates: Vec<PathBuf>) -> Prepared {
         if !self.synced {
-            return Applied::NotSynced;
+            return Prepared::Done(Applied::NotSynced);
         }
         self.stats.applies += 1;
-        if self.reload_templates() {
+        if self.reload_templates(templates) {
             self.reloads.operator_changed("a template changed");
         }
         let started = Instant::now();
         let rendered = self.renderer.render_all(&mut self.catalog);
         let render_time = started.elapsed();
-        let mut candidates: Vec<Option<String>> = Vec::with_capacity(rendered.len());
+        let mut candidates: Vec<Option<Content>> = Vec::with_capacity(rendered.len());
         self.render_errors.clear();
         for (i, r) in rendered.into_iter().enumerate() {
             match r {
-                Ok(text) => candidates.push(Some(text)),
+                Ok(text) => candidates.push(Some(Arc::new(text))),
                 Err(e) => {
                     tracing::error!(error = %e, output = %self.renderer.specs()[i].output.display(), "render failed; keeping the live file");
                     self.render_errors.push(e.0);
-                    candidates.push(self.disk[i].clone());
+                    candidates.push(self.target[i].clone());
                 }
             }
         }
         let changed: Vec<usize> = (0..candidates.len())
-            .filter(|&i| candidates[i].is_some() && candidates[i] != self.disk[i])
+            .filter(|&i| candidates[i].is_some() && candidates[i] != self.target[i])
             .collect();
         let first = !self.started;
         self.started = true;
@@ -56,11 +90,11 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                 tracing::info!("outputs already up to date; reloading once at start");
                 self.schedule_reload("first update since start");
             }
-            return if self.render_errors.is_empty() {
+            return Prepared::Done(if self.render_errors.is_empty() {
                 Applied::Unchanged
             } else {
                 Applied::Rejected(self.render_errors.join("; "))
-            };
+            });
         }
         let base = self.validator.as_ref().and_then(|v| v.base_fingerprint());
         if self.reloads.base_changed(base) {
@@ -72,13 +106,15 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             .as_ref()
             .is_some_and(|(c, b)| *c == candidates && *b == base)
         {
-            return Applied::Rejected("candidate unchanged since haproxy -c refused it".into());
+            return Prepared::Done(Applied::Rejected(
+                "candidate unchanged since haproxy -c refused it".into(),
+            ));
         }
         // 1. Stage: nothing reaches HAProxy before the new files are safely beside the live
         //    ones.
         let staged = match write::stage(self.renderer.specs(), &candidates, &changed) {
             Ok(staged) => staged,
-            Err(e) => return self.write_failed(e),
+            Err(e) => return Prepared::Done(self.write_failed(e)),
         };
         // 2. Route, and send what the runtime API can apply now.
         let route_started = Instant::now();
@@ -93,91 +129,48 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             _ => None,
         };
         let (path, reason, reload_why) = self.path_taken(&routed, &runtime_outcome);
-        // 3. Validate the staged set and rename it over the live files.
-        let (written, result) = write::validate_and_commit(
-            self.renderer.specs(),
-            self.validator.as_ref(),
-            &self.disk,
+        for &i in &changed {
+            self.target[i] = candidates[i].clone();
+        }
+        // 3. The rest (fsync, `haproxy -c`, rename) is the commit's.
+        Prepared::Commit(Commit::new(
             staged,
-        )
-        .await;
-        for &i in &written {
-            self.disk[i] = candidates[i].take();
-        }
-        let sent_ok = matches!(runtime_outcome, Some(Ok(_)));
-        match &result {
-            Err(CheckError::Refused(_)) if sent_ok => {
-                // HAProxy has servers the files will not hold: reload the files.
-                self.forget_running(&changed, "haproxy -c refused what the runtime API applied");
-                self.schedule_reload("haproxy -c refused a candidate already applied at runtime");
-            }
-            _ => {}
-        }
-        match result {
-            Ok(()) => {
-                let paths: Vec<PathBuf> = written
-                    .iter()
-                    .map(|&i| self.renderer.specs()[i].output.clone())
-                    .collect();
-                self.refused = None;
-                self.retry.succeeded();
-                self.stats.writes += 1;
-                if let Some(why) = &reload_why {
-                    self.schedule_reload(why);
-                } else if path == Path::Runtime {
-                    self.stats.runtime_applies += 1;
-                }
-                tracing::info!(
-                    path = %path,
-                    %reason,
-                    outputs = ?paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-                    endpoints = self.catalog.endpoint_count(),
-                    ?render_time,
-                    ?route_time,
-                    total_time = ?started.elapsed(),
-                    "configuration updated"
-                );
-                Applied::Written(paths)
-            }
-            Err(CheckError::Refused(e)) => {
-                self.refused = Some((candidates, base));
-                self.stats.validation_failures += 1;
-                tracing::error!(error = %e, "candidate configuration rejected; the live configuration keeps serving");
-                Applied::Rejected(e)
-            }
-            Err(CheckError::Transient(e)) => {
-                if let Some(why) = reload_why {
-                    if matches!(runtime_outcome, Some(Err(_))) {
-                        // HAProxy's state is unknown: bring it back to the files on disk.
-                        self.schedule_reload(&why);
-                    } else {
-                        // Retried with the write: a reload now would load files that lack
-                        // the change, and HAProxy stays as it is meanwhile.
-                        tracing::debug!(%why, "reload deferred until the outputs are written");
-                    }
-                }
-                self.write_failed(e)
-            }
-        }
+            super::commit::CommitMeta {
+                candidates,
+                base,
+                runtime: match runtime_outcome {
+                    None => RuntimeSent::Nothing,
+                    Some(Ok(_)) => RuntimeSent::Applied,
+                    Some(Err(_)) => RuntimeSent::Failed,
+                },
+                path,
+                reason,
+                reload_why,
+                changed,
+                started,
+                render_time,
+                route_time,
+            },
+        ))
     }
 
     /// The outputs could not be staged or written: HAProxy is left as it is, and the apply is
     /// retried with backoff.
-    fn write_failed(&mut self, e: String) -> Applied {
+    pub(super) fn write_failed(&mut self, e: String) -> Applied {
         self.retry.failed(&e);
         Applied::Rejected(e)
     }
 
     /// Plans the changed outputs against what HAProxy runs (see [`route::choose`]); `None`
     /// without a runtime API (every written change reloads).
-    fn route(&mut self, candidates: &[Option<String>], changed: &[usize]) -> Option<Routed> {
+    fn route(&mut self, candidates: &[Option<Content>], changed: &[usize]) -> Option<Routed> {
         if self.runtime.is_none() || !self.reload_enabled() {
             return None;
         }
         let parsed: Vec<(usize, Arc<Config>)> = changed
             .iter()
             .map(|&i| {
-                let text = candidates[i].as_deref().unwrap_or_default();
+                let text = candidates[i].as_deref().map_or("", String::as_str);
                 (i, Arc::new(crate::haproxy::config::parse(text)))
             })
             .collect();
@@ -264,7 +257,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
     }
 
     /// Marks a reload as wanted (see [`reload::Schedule`]).
-    fn schedule_reload(&mut self, why: &str) {
+    pub(super) fn schedule_reload(&mut self, why: &str) {
         if self.reload_enabled() {
             self.reloads.want(why);
         }
@@ -273,7 +266,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
 
 /// Which way an apply reached HAProxy (logged as `path=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Path {
+pub(super) enum Path {
     /// Runtime API commands, read back; no reload.
     Runtime,
     /// A reload of the files on disk.

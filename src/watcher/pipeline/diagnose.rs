@@ -9,11 +9,15 @@ use std::path::Path;
 
 /// The `bind` addresses of the base configuration and the outputs, as written (`*:80`,
 /// `127.0.0.1:8080`, `ipv6@[::1]:443`…). A cheap scan of the lines, not a parse.
-pub fn binds_of(base: Option<&Path>, outputs: &[Option<String>]) -> BTreeSet<String> {
+pub fn binds_of(
+    base: Option<&Path>,
+    outputs: &[Option<super::commit::Content>],
+) -> BTreeSet<String> {
     let base_text = base.and_then(|b| std::fs::read_to_string(b).ok());
     base_text
         .iter()
-        .chain(outputs.iter().flatten())
+        .map(String::as_str)
+        .chain(outputs.iter().flatten().map(|t| t.as_str()))
         .flat_map(|text| text.lines())
         .filter_map(|line| {
             let mut words = line.split_whitespace();
@@ -89,7 +93,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("base.cfg");
         std::fs::write(&base, "frontend f\n    bind 127.0.0.1:80,:81\n").unwrap();
-        let out = Some("listen l\n  bind ipv6@[::1]:82 ssl crt x\n  server s 1.2.3.4:5\n".into());
+        let out = Some(std::sync::Arc::new(
+            "listen l\n  bind ipv6@[::1]:82 ssl crt x\n  server s 1.2.3.4:5\n".to_string(),
+        ));
         let binds = binds_of(Some(&base), &[out, None]);
         let want: BTreeSet<String> = ["127.0.0.1:80", ":81", "ipv6@[::1]:82"]
             .map(String::from)

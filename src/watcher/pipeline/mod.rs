@@ -2,16 +2,19 @@
 //! atomically written configuration, runtime updates and HAProxy reloads out.
 //!
 //! ```text
-//! etcd watch ─┐                     ┌─ render all templates (incremental catalog, no copy)
-//!             ├─► Input ─► debounce ┤  unchanged? stop.  changed? stage (write)
-//! notify ─────┘                     ├─ runtime commands for server changes (route.rs)
-//!                                   └─ fsync, `haproxy -c` ─► rename ─► reload if still needed
+//! etcd watch ─┐                ┌─ render all templates (incremental catalog, no copy)
+//!             ├─► Input ─► due ┤  unchanged? stop.  changed? stage (write beside the live file)
+//! notify ─────┘   (pending.rs) ├─ runtime commands for server changes (route.rs)      ── fast
+//!                              └─ commit: fsync, `haproxy -c`, rename (commit.rs)     ── slow,
+//!                                 then a reload if still needed (reload.rs)   off the routing path
 //! ```
 //!
-//! One task owns all state, so there is exactly one render and at most one reload in flight;
-//! whatever arrives meanwhile waits in the channel and is coalesced into the next apply. The
-//! I/O at the edges (validation, reload, the runtime API) sits behind the [`Validate`],
-//! [`Reload`] and [`RuntimeUpdate`] seams.
+//! **When:** an etcd change is applied as soon as no apply is running, and the changes that
+//! arrive while one runs are applied together right after it; a template edit waits until its
+//! file has settled. Reloads never come closer than `--min-reload-interval` and coalesce
+//! everything that arrives meanwhile. One task owns all state, so there is one render at a
+//! time; the commit of one apply (`haproxy -c`, seconds at worst) runs beside the next applies,
+//! one at a time, so runtime commands never queue behind a check.
 //!
 //! With a runtime API ([`Pipeline::with_runtime`]), the pipeline keeps what HAProxy runs per
 //! output and plans each change against it, backend by backend ([`route::choose`]): server
@@ -22,14 +25,18 @@
 //! from them. Failures are isolated: a file that cannot be written leaves HAProxy as it is
 //! (retried with backoff, never reverted by a reload); a reload HAProxy refuses at load time
 //! is not repeated for changes that need none (see `reload.rs`); a stopped HAProxy
-//! fails a reload in milliseconds, so the files keep following etcd meanwhile.
+//! fails a reload in milliseconds, so the files keep following etcd meanwhile. The I/O at the
+//! edges (validation, reload, the runtime API) sits behind the [`Validate`], [`Reload`] and
+//! [`RuntimeUpdate`] seams.
 
 mod apply;
-mod debounce;
+mod commit;
 mod diagnose;
+mod pending;
 mod reload;
 mod retry;
 mod route;
+mod run;
 mod write;
 
 use crate::core::files::read_live;
@@ -38,11 +45,11 @@ use crate::haproxy::{Reload, RuntimeUpdate, Validate};
 use crate::watcher::catalog::Catalog;
 use crate::watcher::render::Renderer;
 use crate::watcher::source::WatchEvent;
-use debounce::Debounce;
+use commit::{Commits, Content};
+use pending::Pending;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Something the pipeline reacts to.
@@ -56,10 +63,10 @@ pub enum Input {
 /// Timing of the pipeline.
 #[derive(Debug, Clone)]
 pub struct Timing {
-    /// A change is applied once no other change arrived for this long...
-    pub debounce: Duration,
-    /// ...but never later than this after the first change held back.
-    pub debounce_max: Duration,
+    /// A template edit is applied once its file saw no other event for this long...
+    pub template_settle: Duration,
+    /// ...but never later than this after its first event.
+    pub template_settle_max: Duration,
     /// Least time between two reloads.
     pub min_reload_interval: Duration,
     /// Backoff for retrying a failed reload.
@@ -73,8 +80,8 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Self {
         Self {
-            debounce: Duration::from_millis(100),
-            debounce_max: Duration::from_secs(1),
+            template_settle: Duration::from_millis(100),
+            template_settle_max: Duration::from_secs(1),
             min_reload_interval: Duration::from_millis(500),
             retry_min: Duration::from_millis(500),
             retry_max: Duration::from_secs(30),
@@ -124,34 +131,38 @@ enum Running {
 
 /// The pipeline's state. `V` validates candidates, `R` reloads HAProxy.
 pub struct Pipeline<V, R> {
-    pub catalog: Catalog,
-    pub renderer: Renderer,
-    validator: Option<V>,
+    catalog: Catalog,
+    renderer: Renderer,
+    validator: Option<Arc<V>>,
     /// How HAProxy is reloaded; `None` when nothing is to be reloaded (render and validate
     /// only).
     reloader: Option<R>,
     /// The runtime API fast path, if configured.
     runtime: Option<Box<dyn RuntimeUpdate>>,
     timing: Timing,
-    debounce: Debounce,
+    /// What is waiting to be applied, and when it is due.
+    pending: Pending,
     /// Content of each output on disk, as last written (or found at start).
-    disk: Vec<Option<String>>,
+    disk: Vec<Option<Content>>,
+    /// Content of each output once the commits running and waiting are written: what the
+    /// next apply compares its candidates with.
+    target: Vec<Option<Content>>,
+    /// The commit running and the one waiting.
+    commits: Commits,
     /// What HAProxy runs, per output (used with a runtime API only).
     running: Vec<Running>,
     /// The candidate set HAProxy last refused (with the base config's fingerprint then), so
     /// it is not re-checked unchanged.
-    refused: Option<(Vec<Option<String>>, Option<std::time::SystemTime>)>,
+    refused: Option<(Vec<Option<Content>>, Option<std::time::SystemTime>)>,
     /// When to retry an apply that failed for a passing reason (I/O, a check that timed out).
     retry: retry::ApplyRetry,
     /// Render errors of the last apply (an output whose template failed keeps its live file).
-    pub render_errors: Vec<String>,
+    render_errors: Vec<String>,
     synced: bool,
-    /// Template files changed on disk since the last apply.
-    templates_touched: std::collections::BTreeSet<PathBuf>,
     /// Whether an apply has run yet (the first one reloads even when nothing changed).
     started: bool,
     reloads: reload::Schedule,
-    pub stats: Stats,
+    stats: Stats,
 }
 
 impl<V: Validate, R: Reload> Pipeline<V, R> {
@@ -167,24 +178,25 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         let disk = renderer
             .specs()
             .iter()
-            .map(|s| read_live(&s.output))
+            .map(|s| read_live(&s.output).map(|text| text.map(Arc::new)))
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Self {
             catalog,
             renderer,
-            validator,
+            validator: validator.map(Arc::new),
             reloader,
             runtime: None,
-            debounce: Debounce::new(timing.debounce, timing.debounce_max),
+            pending: Pending::new(timing.template_settle, timing.template_settle_max),
             retry: retry::ApplyRetry::new(timing.retry_min, timing.retry_max),
             reloads: reload::Schedule::new(&timing),
             timing,
             running: vec![Running::Unknown("first update since start"); disk.len()],
+            target: disk.clone(),
+            commits: Commits::default(),
             disk,
             refused: None,
             render_errors: Vec::new(),
             synced: false,
-            templates_touched: Default::default(),
             started: false,
             stats: Stats::default(),
         })
@@ -197,6 +209,26 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         self
     }
 
+    /// The services watched and their endpoints.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The templates and their outputs.
+    pub fn renderer(&self) -> &Renderer {
+        &self.renderer
+    }
+
+    /// Render errors of the last apply (an output whose template failed keeps its live file).
+    pub fn render_errors(&self) -> &[String] {
+        &self.render_errors
+    }
+
+    /// Renders every template against the catalog as it is, touching nothing (`--dry-run`).
+    pub fn render_preview(&mut self) -> Vec<Result<String, crate::watcher::render::TemplateError>> {
+        self.renderer.render_all(&mut self.catalog)
+    }
+
     /// Takes one input into the state; returns whether it calls for a new render.
     pub fn handle(&mut self, input: Input, now: Instant) -> bool {
         let dirty = match input {
@@ -207,22 +239,21 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             }
             Input::Template(path) => {
                 // Read it once it has settled: the first event may be its truncation.
-                self.templates_touched.insert(path);
-                self.debounce.change_settling(now);
+                self.pending.template_touched(path, now);
                 return true;
             }
         };
         if dirty {
-            self.debounce.change(now);
+            self.pending.etcd_changed(now);
         }
         dirty
     }
 
     /// Re-reads the templates touched on disk; a broken one keeps its last good version.
     /// Returns whether any template changed.
-    fn reload_templates(&mut self) -> bool {
+    fn reload_templates(&mut self, templates: Vec<PathBuf>) -> bool {
         let mut changed = false;
-        for path in std::mem::take(&mut self.templates_touched) {
+        for path in templates {
             match self.renderer.reload(&path) {
                 Ok(true) => {
                     changed = true;
@@ -237,31 +268,26 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         changed
     }
 
-    /// When the pending changes should be rendered: debounced and, while reloads are rate
-    /// limited, held back too so that they coalesce.
+    /// When the pending changes are due: at once (or when a retry or a template's settling
+    /// says), except while a due reload waits for the commits to drain — changes coalesce
+    /// behind it then, so a stream of changes cannot hold a reload off for ever.
     fn apply_due(&self) -> Option<Instant> {
-        // With the runtime API, a change is cheap to apply: a long burst goes out every
-        // --debounce instead of waiting up to --debounce-max for a quiet stretch.
-        let debounced = if self.runtime_ready() {
-            self.debounce.due_throttled()
-        } else {
-            self.debounce.due()
-        };
-        let due = match (debounced, self.retry.due()) {
-            (Some(d), Some(r)) => d.min(r),
-            (d, r) => d.or(r)?,
-        };
-        // Without a runtime API every apply reloads: hold it for the reload interval. With
-        // one, a server change goes through at once, even while a reload waits.
-        Some(
-            match (
-                self.reload_enabled() && self.runtime.is_none(),
-                self.reloads.last(),
-            ) {
-                (true, Some(last)) => due.max(last + self.timing.min_reload_interval),
-                _ => due,
-            },
-        )
+        if self.commits.busy() && self.reloads.due().is_some_and(|d| d <= Instant::now()) {
+            return None;
+        }
+        match (self.pending.due(), self.retry.due()) {
+            (Some(d), Some(r)) => Some(d.min(r)),
+            (d, r) => d.or(r),
+        }
+    }
+
+    /// When the pending reload may run: it loads the files on disk, so never while a commit
+    /// is about to replace them.
+    fn reload_due(&self) -> Option<Instant> {
+        if self.commits.busy() {
+            return None;
+        }
+        self.reloads.due()
     }
 
     /// Whether HAProxy is reloaded at all.
@@ -269,28 +295,23 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         self.reloader.is_some()
     }
 
-    /// Whether changes may take the runtime path at all.
-    fn runtime_ready(&self) -> bool {
-        self.runtime.is_some() && self.reload_enabled() && self.started
-    }
-
     /// When the next piece of work is due, if any.
     pub fn next_due(&self) -> Option<Instant> {
-        let reload = self.reloads.due();
-        match (self.apply_due(), reload) {
+        match (self.apply_due(), self.reload_due()) {
             (Some(a), Some(r)) => Some(a.min(r)),
             (a, r) => a.or(r),
         }
     }
 
-    /// Does whatever is due at `now`.
+    /// Does whatever is due at `now`, waiting for an apply's commit (tests; the watch loop
+    /// in `run.rs` lets commits run beside the next applies).
+    #[cfg(test)]
     pub async fn tick(&mut self, now: Instant) {
         if self.apply_due().is_some_and(|d| d <= now) {
-            self.debounce.applied();
-            self.retry.started();
-            self.apply().await;
+            let templates = self.pending.take_due(now);
+            self.apply_waiting(templates).await;
         }
-        if self.reloads.due().is_some_and(|t| t <= Instant::now()) {
+        if self.reload_due().is_some_and(|t| t <= Instant::now()) {
             self.reload().await;
         }
     }
@@ -299,81 +320,11 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
     pub fn reload_pending(&self) -> bool {
         self.reloads.pending()
     }
-
-    /// Runs until `rx` closes or `shutdown` resolves. At shutdown the step in progress (an
-    /// apply, a reload) is finished rather than cut short, so the files and HAProxy are left
-    /// consistent; it and the runtime path's drains get [`Timing::shutdown_grace`] together.
-    pub(crate) async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<Input>,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) -> Stats {
-        tokio::pin!(shutdown);
-        let grace = self.timing.shutdown_grace;
-        let deadline = loop {
-            let due = self.next_due();
-            if due.is_some_and(|d| d <= Instant::now()) {
-                // Due now: no timer (tokio's have millisecond granularity). A shutdown waits
-                // for the step in progress, for at most the grace period.
-                let stopping = {
-                    let tick = self.tick(Instant::now());
-                    tokio::pin!(tick);
-                    tokio::select! {
-                        biased;
-                        _ = &mut shutdown => {
-                            let deadline = Instant::now() + grace;
-                            if tokio::time::timeout_at(deadline, &mut tick).await.is_err() {
-                                tracing::warn!(?grace, "the step in progress did not finish within the shutdown grace period; stopping anyway");
-                            }
-                            Some(deadline)
-                        }
-                        _ = &mut tick => None,
-                    }
-                };
-                match stopping {
-                    Some(deadline) => break deadline,
-                    None => continue,
-                }
-            }
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => break Instant::now() + grace,
-                msg = rx.recv() => {
-                    let Some(input) = msg else { break Instant::now() + grace };
-                    let now = Instant::now();
-                    self.handle(input, now);
-                    // Take everything already queued before deciding: a burst is one apply.
-                    while let Ok(more) = rx.try_recv() {
-                        self.handle(more, now);
-                    }
-                }
-                // Due: the top of the loop runs it.
-                _ = sleep_until_opt(due) => {}
-            }
-        };
-        self.finish_drains(deadline.saturating_duration_since(Instant::now()))
-            .await;
-        self.stats
-    }
-
-    /// At shutdown: lets the runtime path's drains (servers removed at runtime, finishing
-    /// their requests before they are deleted) end within `grace`.
-    async fn finish_drains(&self, grace: Duration) {
-        let Some(runtime) = &self.runtime else {
-            return;
-        };
-        runtime.shutdown(grace).await;
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]
 mod runtime_tests;
+#[cfg(test)]
+mod schedule_tests;
 #[cfg(test)]
 mod tests;

@@ -88,6 +88,7 @@ impl Schedule {
     }
 
     /// When the last reload was attempted.
+    #[cfg(test)]
     pub fn last(&self) -> Option<Instant> {
         self.last
     }

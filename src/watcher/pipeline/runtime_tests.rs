@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 
 /// Records the operations it is given; fails while `fail` is set.
 #[derive(Clone, Default)]
-struct FakeRuntime {
+pub(super) struct FakeRuntime {
     fail: Arc<Mutex<Option<String>>>,
-    applied: Arc<Mutex<Vec<String>>>,
+    pub(super) applied: Arc<Mutex<Vec<String>>>,
     expected: Arc<Mutex<Vec<String>>>,
     before_reloads: Arc<Mutex<u32>>,
     after_reloads: Arc<Mutex<u32>>,
@@ -59,7 +59,7 @@ impl RuntimeUpdate for FakeRuntime {
 }
 
 /// A pipeline with a fake runtime API that has done its first apply and reload.
-async fn started() -> (Setup, FakeRuntime) {
+pub(super) async fn started() -> (Setup, FakeRuntime) {
     let s = setup();
     let rt = FakeRuntime::default();
     let Setup { _dir, out, p, v, r } = s;
@@ -201,24 +201,6 @@ async fn a_removal_and_a_weight_change_are_runtime_operations() {
         1,
         "still only the first reload"
     );
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_long_burst_is_applied_every_debounce_period() {
-    let (mut s, rt) = started().await;
-    let t0 = Instant::now();
-    s.p.handle(put("/service/10.0.0.2:80", "running"), t0);
-    for i in 1..=20u8 {
-        let key = format!("/service/10.0.0.{}:80", 10 + i);
-        s.p.handle(
-            put(&key, "running"),
-            t0 + Duration::from_millis(30 * u64::from(i)),
-        );
-    }
-    // Without a reload to coalesce into, the held changes are due 100 ms after the first
-    // of them, not 100 ms after the burst ends (t0 + 700 ms) or at --debounce-max.
-    assert_eq!(s.p.next_due(), Some(t0 + Duration::from_millis(100)));
-    drop(rt);
 }
 
 #[tokio::test(start_paused = true)]

@@ -11,13 +11,13 @@ use std::path::PathBuf;
 /// the output that could not be written (a full disk, a read-only folder).
 pub fn stage(
     specs: &[TemplateSpec],
-    candidates: &[Option<String>],
+    candidates: &[Option<super::commit::Content>],
     changed: &[usize],
 ) -> Result<Vec<(usize, Staged)>, String> {
     let mut staged = Vec::with_capacity(changed.len());
     for &i in changed {
         let out = &specs[i].output;
-        let text = candidates[i].as_deref().unwrap_or_default();
+        let text = candidates[i].as_deref().map_or("", String::as_str);
         match Staged::write_unsynced(out, text) {
             Ok(s) => staged.push((i, s)),
             Err(e) => {
@@ -32,12 +32,12 @@ pub fn stage(
 }
 
 /// Fsyncs the staged candidates, validates them together with the live outputs they do not
-/// replace (`disk[i]` is `None` for an output not written yet), then renames each over its
+/// replace (`present[i]` is false for an output not written yet), then renames each over its
 /// live file. Returns the outputs replaced (some, if a rename failed midway) and the outcome.
 pub async fn validate_and_commit<V: Validate>(
     specs: &[TemplateSpec],
     validator: Option<&V>,
-    disk: &[Option<String>],
+    present: &[bool],
     staged: Vec<(usize, Staged)>,
 ) -> (Vec<usize>, Result<(), CheckError>) {
     for (i, s) in &staged {
@@ -51,7 +51,7 @@ pub async fn validate_and_commit<V: Validate>(
         let files: Vec<PathBuf> = (0..specs.len())
             .filter_map(|i| match staged.iter().find(|(j, _)| *j == i) {
                 Some((_, s)) => Some(s.path().to_path_buf()),
-                None if disk[i].is_some() => Some(specs[i].output.clone()),
+                None if present[i] => Some(specs[i].output.clone()),
                 None => None,
             })
             .collect();
