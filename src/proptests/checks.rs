@@ -89,7 +89,7 @@ pub fn check_value(raw: &[u8]) -> Result<(), TestCaseError> {
 }
 
 pub fn render(cat: &mut Catalog) -> String {
-    let r = Renderer::new(vec![TemplateSpec {
+    let mut r = Renderer::new(vec![TemplateSpec {
         template: None,
         output: "x".into(),
     }])
@@ -163,7 +163,7 @@ pub fn render_metadata(cat: &mut Catalog) -> Result<String, TestCaseError> {
     let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
     let template = dir.path().join("metadata.cfg.tera");
     std::fs::write(&template, METADATA_TEMPLATE).map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let r = Renderer::new(vec![TemplateSpec {
+    let mut r = Renderer::new(vec![TemplateSpec {
         template: Some(template),
         output: dir.path().join("out.cfg"),
     }])

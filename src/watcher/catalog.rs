@@ -22,9 +22,16 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
     /// The built-in template's `server` line of each endpoint (same order), when kept.
     lines: Vec<Box<str>>,
+    /// Changes whenever the endpoints do (never repeats), so renderers can cache per service.
+    version: u64,
 }
 
 impl Service {
+    /// A number that changes whenever the service's endpoints do.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     /// The cached `server` lines (empty unless the catalog keeps them).
     pub fn server_lines(&self) -> &[Box<str>] {
         &self.lines
@@ -72,6 +79,10 @@ pub struct Catalog {
     /// Keys currently skipped as invalid, so each is warned about once, not on every event.
     skipped: HashSet<(usize, Vec<u8>)>,
 }
+
+/// The last service version handed out, across every catalog of the process, so a version
+/// never names two states (a renderer's cache stays right even across catalogs).
+static VERSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The template view of one endpoint. Every string in it is derived from a validated address
 /// or a validated metadata word, so none can carry HAProxy syntax.
@@ -133,6 +144,7 @@ impl Catalog {
                 prefix,
                 endpoints: Vec::new(),
                 lines: Vec::new(),
+                version: VERSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
             })
             .collect();
         let mut cat = Self {
@@ -239,6 +251,13 @@ impl Catalog {
         }
     }
 
+    /// Marks service `idx` as changed.
+    fn bump(&mut self, idx: usize) {
+        if let Some(svc) = self.services.get_mut(idx) {
+            svc.version = VERSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        }
+    }
+
     fn endpoints_value(&mut self, idx: usize) -> Option<&mut Vec<Value>> {
         let name = self.services.get(idx)?.prefix.name();
         match self
@@ -282,6 +301,7 @@ impl Catalog {
                 arr[i] = value;
             }
         }
+        self.bump(idx);
         true
     }
 
@@ -298,6 +318,7 @@ impl Catalog {
                 if let Some(arr) = self.endpoints_value(idx) {
                     arr.remove(i);
                 }
+                self.bump(idx);
                 true
             }
             Err(_) => false,
@@ -331,6 +352,7 @@ impl Catalog {
                 map.insert(name, value);
             }
         }
+        self.bump(idx);
         true
     }
 
@@ -345,6 +367,38 @@ impl Catalog {
         let out = f(&ctx);
         self.root = ctx.into_json();
         out
+    }
+
+    /// Lends service `idx`'s own template context — `{"name": …, "service": {"name", "prefix",
+    /// "endpoints"}, "first": first}` — to `f` without copying it (for templates rendered per
+    /// service).
+    pub fn with_service_context<R>(
+        &mut self,
+        idx: usize,
+        first: bool,
+        f: impl FnOnce(&tera::Context) -> R,
+    ) -> Option<R> {
+        let name = self.services.get(idx)?.prefix.name().to_string();
+        let slot = self.root.get_mut("services")?.get_mut(&name)?;
+        let service = std::mem::take(slot);
+        let Ok(ctx) =
+            tera::Context::from_value(json!({ "name": name, "service": service, "first": first }))
+        else {
+            // An object always converts; should that ever not hold, rebuild what was lent.
+            self.root = self.build_root();
+            return None;
+        };
+        let out = f(&ctx);
+        let mut back = ctx.into_json();
+        let service = back.get_mut("service").map(std::mem::take);
+        match (
+            service,
+            self.root.get_mut("services").and_then(|m| m.get_mut(&name)),
+        ) {
+            (Some(service), Some(slot)) => *slot = service,
+            _ => self.root = self.build_root(),
+        }
+        Some(out)
     }
 
     /// The template context as JSON (`Null` unless the catalog keeps it). (Tests.)

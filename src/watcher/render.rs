@@ -3,10 +3,19 @@
 //! A template that fails to parse is reported with its file and line and does not replace the
 //! last good version of itself, so etcd changes keep flowing while the operator fixes it.
 //!
-//! The built-in default template is rendered natively from the catalog's cached `server` lines
-//! (a concatenation, so it stays fast at 100,000 endpoints); a test holds its output
-//! byte-identical to Tera's rendering of `templates/haproxy-backends.cfg.tera`, which operators
-//! copy and which `--template` renders through Tera.
+//! Rendering costs what changed, not everything: the built-in default template and templates
+//! marked per-service keep each service's part of the output and re-render only the services
+//! whose endpoints changed since (the catalog versions every service); a template that sees
+//! all services at once (the default for operator templates) is rendered whole.
+//!
+//! - The built-in template is rendered natively from the catalog's cached `server` lines (a
+//!   concatenation, so it stays fast at 100,000 endpoints); a test holds its output
+//!   byte-identical to Tera's rendering of `templates/haproxy-backends.cfg.tera`, which
+//!   operators copy and which `--template` renders through Tera.
+//! - A template holding the comment `{# dockreg:per-service #}` is rendered once per service,
+//!   with `name`, `service` (`{name, prefix, endpoints}`) and `first` (true for the first
+//!   service by name, for a header) in its context instead of `services`; the output is the
+//!   parts in the order of the service names.
 
 use crate::core::errors::error_chain;
 use crate::watcher::catalog::{Catalog, Views};
@@ -41,12 +50,55 @@ impl TemplateSpec {
 #[error("{0}")]
 pub struct TemplateError(pub String);
 
+/// How a template is rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The built-in template, natively, per service.
+    Builtin,
+    /// Through Tera once, with every service in the context.
+    Whole,
+    /// Through Tera once per service (the template is marked `dockreg:per-service`).
+    PerService,
+}
+
+/// One service's rendered part, as of a catalog version and whether it came first.
+type Part = ((u64, bool), Result<String, TemplateError>);
+
 /// The set of templates and their outputs.
 pub struct Renderer {
     tera: tera::Tera,
     specs: Vec<TemplateSpec>,
     /// Source text of each template as last loaded successfully (for error line lookup).
     sources: Vec<String>,
+    modes: Vec<Mode>,
+    /// Per template rendered per service: each service's part (by catalog index).
+    parts: Vec<Vec<Option<Part>>>,
+}
+
+/// Whether a template asks to be rendered per service: it holds a comment whose text is
+/// `dockreg:per-service`.
+fn is_per_service(source: &str) -> bool {
+    let mut rest = source;
+    while let Some(start) = rest.find("{#") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("#}") else {
+            return false;
+        };
+        let text = after[..end].trim_matches(|c: char| c == '-' || c.is_whitespace());
+        if text == "dockreg:per-service" {
+            return true;
+        }
+        rest = &after[end + 2..];
+    }
+    false
+}
+
+fn mode_of(spec: &TemplateSpec, source: &str) -> Mode {
+    match &spec.template {
+        None => Mode::Builtin,
+        Some(_) if is_per_service(source) => Mode::PerService,
+        Some(_) => Mode::Whole,
+    }
 }
 
 /// Finds `--> line:col` in a Tera/pest parse error.
@@ -115,10 +167,17 @@ impl Renderer {
                 .map_err(|e| TemplateError(format!("{name}: {}", error_chain(&e))))?;
             sources.push(source);
         }
+        let modes = specs
+            .iter()
+            .zip(&sources)
+            .map(|(spec, source)| mode_of(spec, source))
+            .collect();
         Ok(Self {
             tera,
+            parts: vec![Vec::new(); specs.len()],
             specs,
             sources,
+            modes,
         })
     }
 
@@ -157,14 +216,16 @@ impl Renderer {
             self.tera
                 .add_raw_template(&name, &source)
                 .map_err(|e| TemplateError(format!("{name}: {}", error_chain(&e))))?;
+            self.modes[i] = mode_of(&self.specs[i], &source);
+            self.parts[i].clear();
             self.sources[i] = source;
             changed = true;
         }
         Ok(changed)
     }
 
-    /// Renders template `i` against the catalog.
-    pub fn render_one(&self, i: usize, ctx: &tera::Context) -> Result<String, TemplateError> {
+    /// Renders template `i` with `ctx`.
+    fn render_one(&self, i: usize, ctx: &tera::Context) -> Result<String, TemplateError> {
         let name = self.specs[i].name();
         self.tera.render(&name, ctx).map_err(|e| {
             let chain = error_chain(&e);
@@ -178,18 +239,25 @@ impl Renderer {
     /// The catalog views these templates need.
     pub fn views(&self) -> Views {
         Views {
-            context: self.specs.iter().any(|s| s.template.is_some()),
-            server_lines: self.specs.iter().any(|s| s.template.is_none()),
+            context: self.modes.iter().any(|m| *m != Mode::Builtin),
+            server_lines: self.modes.contains(&Mode::Builtin),
         }
     }
 
-    /// Renders every template; each result is independent of the others.
-    pub fn render_all(&self, catalog: &mut Catalog) -> Vec<Result<String, TemplateError>> {
-        let mut out: Vec<Option<Result<String, TemplateError>>> = self
-            .specs
-            .iter()
-            .map(|s| s.template.is_none().then(|| Ok(render_builtin(catalog))))
-            .collect();
+    /// Renders every template; each result is independent of the others. Templates rendered
+    /// per service re-render only the services that changed since the last call.
+    pub fn render_all(&mut self, catalog: &mut Catalog) -> Vec<Result<String, TemplateError>> {
+        let mut order: Vec<usize> = (0..catalog.services().len()).collect();
+        order.sort_by(|&a, &b| {
+            let name = |i: usize| catalog.services()[i].prefix.name();
+            name(a).cmp(name(b))
+        });
+        let mut out: Vec<Option<Result<String, TemplateError>>> = vec![None; self.specs.len()];
+        for i in 0..self.specs.len() {
+            if self.modes[i] != Mode::Whole {
+                out[i] = Some(self.render_parts(i, catalog, &order));
+            }
+        }
         if out.iter().any(Option::is_none) {
             catalog.with_context(|ctx| {
                 for (i, slot) in out.iter_mut().enumerate() {
@@ -201,6 +269,68 @@ impl Renderer {
         }
         out.into_iter().flatten().collect()
     }
+
+    /// Renders template `i` (built-in or per service) part by part, in `order`, reusing the
+    /// parts of the services that did not change.
+    fn render_parts(
+        &mut self,
+        i: usize,
+        catalog: &mut Catalog,
+        order: &[usize],
+    ) -> Result<String, TemplateError> {
+        let mut parts = std::mem::take(&mut self.parts[i]);
+        parts.resize(catalog.services().len(), None);
+        for (n, &s) in order.iter().enumerate() {
+            let version = (catalog.services()[s].version(), n == 0);
+            if parts[s].as_ref().is_some_and(|(v, _)| *v == version) {
+                continue;
+            }
+            let part = match self.modes[i] {
+                Mode::Builtin => Ok(builtin_part(&catalog.services()[s])),
+                _ => catalog
+                    .with_service_context(s, n == 0, |ctx| self.render_one(i, ctx))
+                    .unwrap_or_else(|| {
+                        Err(TemplateError(format!(
+                            "{}: no template context for service {}",
+                            self.specs[i].name(),
+                            catalog.services()[s].prefix.name()
+                        )))
+                    }),
+            };
+            parts[s] = Some((version, part));
+        }
+        let header = if self.modes[i] == Mode::Builtin {
+            BUILTIN_HEADER
+        } else {
+            ""
+        };
+        let result = concat_parts(header, order.iter().map(|&s| &parts[s]));
+        self.parts[i] = parts;
+        result
+    }
+}
+
+/// The header, then each part in turn; the first part that failed fails the whole.
+fn concat_parts<'a>(
+    header: &str,
+    parts: impl Iterator<Item = &'a Option<Part>> + Clone,
+) -> Result<String, TemplateError> {
+    let mut size = header.len();
+    for part in parts.clone() {
+        match part {
+            Some((_, Ok(text))) => size += text.len(),
+            Some((_, Err(e))) => return Err(e.clone()),
+            None => {}
+        }
+    }
+    let mut out = String::with_capacity(size);
+    out.push_str(header);
+    for (_, text) in parts.flatten() {
+        if let Ok(text) = text {
+            out.push_str(text);
+        }
+    }
+    Ok(out)
 }
 
 const BUILTIN_HEADER: &str =
@@ -208,26 +338,19 @@ const BUILTIN_HEADER: &str =
 const BUILTIN_BACKEND_OPTIONS: &str =
     "\n    balance roundrobin\n    option redispatch\n    retries 2";
 
-/// The built-in template, rendered from cached lines: services by name, then their servers.
-pub fn render_builtin(catalog: &Catalog) -> String {
-    let mut services: Vec<_> = catalog.services().iter().collect();
-    services.sort_by(|a, b| a.prefix.name().cmp(b.prefix.name()));
-    let size: usize = services
-        .iter()
-        .map(|s| 80 + s.server_lines().iter().map(|l| l.len() + 1).sum::<usize>())
-        .sum();
-    let mut out = String::with_capacity(BUILTIN_HEADER.len() + size);
-    out.push_str(BUILTIN_HEADER);
-    for s in services {
-        out.push_str("\nbackend ");
-        out.push_str(s.prefix.name());
-        out.push_str(BUILTIN_BACKEND_OPTIONS);
-        for line in s.server_lines() {
-            out.push('\n');
-            out.push_str(line);
-        }
+/// The built-in template's part for one service, from its cached `server` lines.
+fn builtin_part(service: &crate::watcher::catalog::Service) -> String {
+    let lines = service.server_lines();
+    let size = 80 + lines.iter().map(|l| l.len() + 1).sum::<usize>();
+    let mut out = String::with_capacity(size);
+    out.push_str("\nbackend ");
+    out.push_str(service.prefix.name());
+    out.push_str(BUILTIN_BACKEND_OPTIONS);
+    for line in lines {
         out.push('\n');
+        out.push_str(line);
     }
+    out.push('\n');
     out
 }
 
@@ -254,7 +377,7 @@ mod tests {
 
     #[test]
     fn default_template_renders_one_backend_with_sorted_servers() {
-        let r = default_renderer();
+        let mut r = default_renderer();
         let out = r.render_all(&mut catalog()).remove(0).unwrap();
         let servers: Vec<&str> = out
             .lines()
@@ -277,12 +400,12 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/templates/haproxy-backends.cfg.tera"
         );
-        let tera = Renderer::new(vec![TemplateSpec {
+        let mut tera = Renderer::new(vec![TemplateSpec {
             template: Some(path.into()),
             output: "o".into(),
         }])
         .unwrap();
-        let native = default_renderer();
+        let mut native = default_renderer();
         let prefixes = ["/service", "/api", "/z/web", "/empty"];
         let mut c = Catalog::new(
             prefixes
@@ -305,9 +428,85 @@ mod tests {
         assert!(n.contains("backend api\n") && n.contains("weight 0"), "{n}");
     }
 
+    fn shipped(name: &str) -> Renderer {
+        let path = format!("{}/templates/{name}", env!("CARGO_MANIFEST_DIR"));
+        Renderer::new(vec![TemplateSpec {
+            template: Some(path.into()),
+            output: "o".into(),
+        }])
+        .unwrap()
+    }
+
+    fn three_services() -> Catalog {
+        let prefixes = ["/web", "/api", "/z/db"];
+        let mut c = Catalog::new(
+            prefixes
+                .iter()
+                .map(|p| ServicePrefix::parse(p).unwrap())
+                .collect(),
+        )
+        .unwrap();
+        c.put(0, b"/web/10.0.0.2:8080", br#"{"weight":7}"#);
+        c.put(0, b"/web/[2001:db8::1]:80", b"running");
+        c.put(1, b"/api/10.0.0.1:1", br#"{"weight":0,"tags":["x"]}"#);
+        c
+    }
+
+    #[test]
+    fn the_shipped_per_service_template_renders_as_the_default_one() {
+        let mut per_service = shipped("per-service.cfg.tera");
+        assert_eq!(per_service.modes, [Mode::PerService]);
+        let mut native = default_renderer();
+        let mut c = three_services();
+        assert_eq!(native.render_all(&mut c), per_service.render_all(&mut c));
+        // After changes: a new first service (the header moves), a removal, an addition.
+        c.delete(1, b"/api/10.0.0.1:1");
+        c.put(2, b"/z/db/127.0.0.1:9", b"running");
+        let mut first = Catalog::new(vec![ServicePrefix::parse("/aaa").unwrap()]).unwrap();
+        first.put(0, b"/aaa/10.9.9.9:1", b"running");
+        assert_eq!(native.render_all(&mut c), per_service.render_all(&mut c));
+        assert_eq!(
+            native.render_all(&mut first),
+            per_service.render_all(&mut first)
+        );
+    }
+
+    #[test]
+    fn per_service_parts_of_unchanged_services_are_not_rendered_again() {
+        let mut r = shipped("per-service.cfg.tera");
+        let mut c = three_services();
+        // The catalog version each part was rendered at, by service index.
+        let rendered_at = |r: &Renderer| -> Vec<u64> {
+            r.parts[0]
+                .iter()
+                .map(|p| p.as_ref().unwrap().0 .0)
+                .collect()
+        };
+        let first = r.render_all(&mut c);
+        let before = rendered_at(&r);
+        assert_eq!(r.render_all(&mut c), first);
+        assert_eq!(rendered_at(&r), before, "nothing changed, nothing rendered");
+        c.put(0, b"/web/10.0.0.3:80", b"running");
+        let out = r.render_all(&mut c).remove(0).unwrap();
+        assert!(out.contains("server 10.0.0.3_80 "), "{out}");
+        let after = rendered_at(&r);
+        assert_ne!(after[0], before[0], "web rendered again");
+        assert_eq!(after[1..], before[1..], "api and db kept");
+    }
+
+    #[test]
+    fn the_per_service_mark_is_a_comment_of_its_own() {
+        assert!(is_per_service("{#- dockreg:per-service -#}\nx"));
+        assert!(is_per_service("a {# dockreg:per-service #}"));
+        assert!(!is_per_service(
+            "{# render with dockreg:per-service for speed #}"
+        ));
+        assert!(!is_per_service("dockreg:per-service"));
+    }
+
     #[test]
     fn same_state_renders_identical_bytes() {
-        let r = default_renderer();
+        let mut r = default_renderer();
         let mut a = catalog();
         let mut b = Catalog::new(vec![ServicePrefix::parse("/service").unwrap()]).unwrap();
         b.put(0, b"/service/10.0.0.1:8080", b"running");
@@ -338,7 +537,7 @@ mod tests {
     fn render_error_names_file_and_line() {
         let mut f = tempfile::Builder::new().suffix(".tera").tempfile().unwrap();
         write!(f, "a\nb\n{{{{ nosuch.thing }}}}\n").unwrap();
-        let r = Renderer::new(vec![TemplateSpec {
+        let mut r = Renderer::new(vec![TemplateSpec {
             template: Some(f.path().to_path_buf()),
             output: "o".into(),
         }])
