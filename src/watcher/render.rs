@@ -253,9 +253,9 @@ impl Renderer {
             name(a).cmp(name(b))
         });
         let mut out: Vec<Option<Result<String, TemplateError>>> = vec![None; self.specs.len()];
-        for i in 0..self.specs.len() {
+        for (i, slot) in out.iter_mut().enumerate() {
             if self.modes[i] != Mode::Whole {
-                out[i] = Some(self.render_parts(i, catalog, &order));
+                *slot = Some(self.render_parts(i, catalog, &order));
             }
         }
         if out.iter().any(Option::is_none) {

@@ -24,13 +24,17 @@
 //!
 //! The keyword tables are in [`keywords`]; the lexer (words, names, addresses) in [`lex`].
 
+mod incremental;
 mod keywords;
 mod lex;
+
+pub use incremental::Parsed;
 
 pub use keywords::{ADD_SERVER_KEYWORDS, SECTION_KEYWORDS};
 pub(crate) use lex::is_name;
 
 use lex::{is_plain, parse_addr, split_words};
+use std::sync::Arc;
 
 /// HAProxy's weight when a server line sets none (and no `default-server` sets one); not
 /// dockreg's default endpoint weight ([`crate::core::endpoint::DEFAULT_WEIGHT`], 100).
@@ -138,7 +142,9 @@ impl Section {
 pub struct Config {
     /// Lines before the first section.
     pub preamble: Vec<Directive>,
-    pub sections: Vec<Section>,
+    /// Shared, so that a configuration parsed again after a small change keeps the sections
+    /// that did not change (and comparing them is a pointer comparison).
+    pub sections: Vec<Arc<Section>>,
     /// Whether the text uses conditional blocks (`.if` …), which this parser does not evaluate.
     pub conditional: bool,
 }
@@ -146,8 +152,21 @@ pub struct Config {
 /// Parses a configuration text into sections; never fails (what it does not understand stays
 /// a directive, compared word for word).
 pub fn parse(text: &str) -> Config {
+    parse_spans(text).0
+}
+
+/// Like [`parse`], and the byte offset in `text` of each section's first line.
+pub(crate) fn parse_spans(text: &str) -> (Config, Vec<usize>) {
     let mut config = Config::default();
-    for line in text.lines() {
+    let mut sections: Vec<Section> = Vec::new();
+    let mut starts = Vec::new();
+    let mut at = 0;
+    for raw in text.split_inclusive('\n') {
+        let start = at;
+        at += raw.len();
+        // As `str::lines`: without the `\n` and a `\r` before it.
+        let line = raw.strip_suffix('\n').unwrap_or(raw);
+        let line = line.strip_suffix('\r').unwrap_or(line);
         let words = split_words(line);
         let Some(first) = words.first() else {
             continue;
@@ -161,16 +180,17 @@ pub fn parse(text: &str) -> Config {
                 Some(w) if !(kind == "defaults" && w == "from") => Some(w.clone()),
                 _ => None,
             };
-            config.sections.push(Section {
+            sections.push(Section {
                 kind,
                 name,
                 header: words,
                 directives: Vec::new(),
                 servers: Vec::new(),
             });
+            starts.push(start);
             continue;
         }
-        let Some(section) = config.sections.last_mut() else {
+        let Some(section) = sections.last_mut() else {
             config.preamble.push(Directive {
                 words,
                 opaque_server: None,
@@ -192,7 +212,8 @@ pub fn parse(text: &str) -> Config {
             });
         }
     }
-    config
+    config.sections = sections.into_iter().map(Arc::new).collect();
+    (config, starts)
 }
 
 /// A `server` line as a [`Server`], or why it cannot be one.

@@ -27,7 +27,7 @@ backend web
 #[test]
 fn parses_sections_servers_and_directives() {
     let c = parse(BASE);
-    let ids: Vec<String> = c.sections.iter().map(Section::ident).collect();
+    let ids: Vec<String> = c.sections.iter().map(|s| s.ident()).collect();
     assert_eq!(ids, ["global", "defaults", "frontend fe", "backend web"]);
     let web = &c.sections[3];
     assert_eq!(

@@ -193,8 +193,8 @@ fn diff(old: &Config, new: &Config) -> Result<Vec<Op>, String> {
             describe(&old.preamble, &new.preamble)
         ));
     }
-    let old_ids: Vec<String> = old.sections.iter().map(Section::ident).collect();
-    let new_ids: Vec<String> = new.sections.iter().map(Section::ident).collect();
+    let old_ids: Vec<String> = old.sections.iter().map(|s| s.ident()).collect();
+    let new_ids: Vec<String> = new.sections.iter().map(|s| s.ident()).collect();
     if old_ids != new_ids {
         let count = |ids: &[String]| {
             let mut m: HashMap<String, usize> = HashMap::new();
@@ -223,6 +223,10 @@ fn diff(old: &Config, new: &Config) -> Result<Vec<Op>, String> {
     }
     let mut ops = Vec::new();
     for (idx, (o, n)) in old.sections.iter().zip(&new.sections).enumerate() {
+        // The same section, shared by an incremental parse: nothing to compare.
+        if std::sync::Arc::ptr_eq(o, n) {
+            continue;
+        }
         section_ops(o, n, new, idx, &mut ops)?;
     }
     ops.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));

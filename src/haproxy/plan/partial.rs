@@ -51,6 +51,9 @@ pub fn plan_partial(old: &Config, new: &Config) -> Partial {
         let Some(&idx) = new_at.get(ident) else {
             continue;
         };
+        if std::sync::Arc::ptr_eq(&old.sections[k], &new.sections[idx]) {
+            continue;
+        }
         let mut mine = Vec::new();
         if section_ops(&old.sections[k], &new.sections[idx], new, idx, &mut mine).is_ok()
             && old.sections[k].servers != new.sections[idx].servers
@@ -68,7 +71,7 @@ pub fn plan_partial(old: &Config, new: &Config) -> Partial {
 }
 
 /// Section identity → index, or `None` when one identity appears twice.
-fn by_ident(sections: &[Section]) -> Option<HashMap<String, usize>> {
+fn by_ident(sections: &[std::sync::Arc<Section>]) -> Option<HashMap<String, usize>> {
     let mut at = HashMap::with_capacity(sections.len());
     for (i, s) in sections.iter().enumerate() {
         if at.insert(s.ident(), i).is_some() {

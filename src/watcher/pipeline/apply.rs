@@ -169,10 +169,8 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         }
         let parsed: Vec<(usize, Arc<Config>)> = changed
             .iter()
-            .map(|&i| {
-                let text = candidates[i].as_deref().map_or("", String::as_str);
-                (i, Arc::new(crate::haproxy::config::parse(text)))
-            })
+            .filter_map(|&i| Some((i, candidates[i].clone()?)))
+            .map(|(i, text)| (i, self.parse_output(i, &text)))
             .collect();
         let running: Vec<Result<Arc<Config>, String>> = (0..self.running.len())
             .map(|i| {
@@ -193,9 +191,9 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         match &self.running[i] {
             Running::Unknown(why) => Err(why.to_string()),
             Running::Parsed(c) => Ok(c.clone()),
-            Running::Disk => match self.disk[i].as_deref() {
+            Running::Disk => match self.disk[i].clone() {
                 Some(text) => {
-                    let c = Arc::new(crate::haproxy::config::parse(text));
+                    let c = self.parse_output(i, &text);
                     self.running[i] = Running::Parsed(c.clone());
                     Ok(c)
                 }

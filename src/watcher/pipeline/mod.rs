@@ -40,7 +40,7 @@ mod run;
 mod write;
 
 use crate::core::files::read_live;
-use crate::haproxy::config::Config;
+use crate::haproxy::config::{Config, Parsed};
 use crate::haproxy::{Reload, RuntimeUpdate, Validate};
 use crate::watcher::catalog::Catalog;
 use crate::watcher::render::Renderer;
@@ -149,6 +149,9 @@ pub struct Pipeline<V, R> {
     target: Vec<Option<Content>>,
     /// The commit running and the one waiting.
     commits: Commits,
+    /// The last text of each output parsed (a candidate, or the file on disk), kept so the
+    /// next one is parsed at the cost of what changed.
+    parsed: Vec<Option<Parsed>>,
     /// What HAProxy runs, per output (used with a runtime API only).
     running: Vec<Running>,
     /// The candidate set HAProxy last refused (with the base config's fingerprint then), so
@@ -193,6 +196,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             running: vec![Running::Unknown("first update since start"); disk.len()],
             target: disk.clone(),
             commits: Commits::default(),
+            parsed: vec![None; disk.len()],
             disk,
             refused: None,
             render_errors: Vec::new(),
@@ -227,6 +231,17 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
     /// Renders every template against the catalog as it is, touching nothing (`--dry-run`).
     pub fn render_preview(&mut self) -> Vec<Result<String, crate::watcher::render::TemplateError>> {
         self.renderer.render_all(&mut self.catalog)
+    }
+
+    /// Output `i`'s `text`, parsed: incrementally from the last text of `i` parsed.
+    fn parse_output(&mut self, i: usize, text: &Content) -> Arc<Config> {
+        let parsed = match &self.parsed[i] {
+            Some(prev) => prev.update(text.clone()),
+            None => Parsed::new(text.clone()),
+        };
+        let config = parsed.config().clone();
+        self.parsed[i] = Some(parsed);
+        config
     }
 
     /// Takes one input into the state; returns whether it calls for a new render.

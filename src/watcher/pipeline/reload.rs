@@ -216,12 +216,10 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         // The files HAProxy is about to load. With a runtime API they are parsed: the server
         // state is saved against them, and they are what HAProxy runs afterwards.
         let loading: Vec<Option<Arc<Config>>> = match &self.runtime {
-            Some(_) => self
-                .disk
-                .iter()
-                .map(|d| {
-                    d.as_deref()
-                        .map(|t| Arc::new(crate::haproxy::config::parse(t)))
+            Some(_) => (0..self.disk.len())
+                .map(|i| {
+                    let text = self.disk[i].clone()?;
+                    Some(self.parse_output(i, &text))
                 })
                 .collect(),
             None => vec![None; self.disk.len()],
