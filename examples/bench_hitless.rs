@@ -24,8 +24,9 @@
 //!    stable ones, or (b) the template is rewritten every 570 ms with an option that forces a
 //!    reload (`--min-reload-interval 250ms` there, so that none coalesce). Counts requests, socket errors and non-2xx answers; reloads and surviving old
 //!    workers come from the master socket's `show proc`.
-//! 3. **scale** — 10,000 servers in 1,000 backends (closed loopback ports, a template without
-//!    `check`, so no health check and no traffic ever reaches them): time from the first put
+//! 3. **scale** — 10,000 servers in 1,000 backends (closed loopback ports, the per-service
+//!    default template without `check`, so no health check and no traffic ever reaches them;
+//!    `BENCH_SCALE_TEMPLATE=<file>` renders another template instead): time from the first put
 //!    until HAProxy's initial reload, HAProxy's and the watcher's memory, then single-server
 //!    adds and deletes in one backend, timed on the admin socket (`show servers state`) and on
 //!    the output file.
@@ -55,6 +56,8 @@ use tokio::net::TcpStream;
 const BACKEND_BIN: &str = "target/release/examples/demo_backend";
 const BASE_CONFIG: &str = "haproxy/haproxy.cfg";
 const DEFAULT_TEMPLATE: &str = "templates/haproxy-backends.cfg.tera";
+/// The default template in its per-service form (rendered per service, only what changed).
+const PER_SERVICE_TEMPLATE: &str = "templates/per-service.cfg.tera";
 /// First word of every backend answer (`bench <address>`).
 const ID_PREFIX: &str = "bench";
 
@@ -1129,12 +1132,14 @@ struct ScaleRun {
 async fn scale_run(runtime: bool) -> Result<ScaleRun> {
     let mut rig = Rig::start("scale").await?;
     let mut run = ScaleRun::default();
-    // The default template without `check`: 10,000 health checks would only measure them.
-    let template_text = std::fs::read_to_string(DEFAULT_TEMPLATE)
-        .with_context(|| format!("reading {DEFAULT_TEMPLATE}"))?;
+    // The default template, per service (`BENCH_SCALE_TEMPLATE` names another), without
+    // `check`: 10,000 health checks would only measure them.
+    let source = std::env::var("BENCH_SCALE_TEMPLATE").unwrap_or(PER_SERVICE_TEMPLATE.into());
+    let template_text =
+        std::fs::read_to_string(&source).with_context(|| format!("reading {source}"))?;
     let no_check = template_text.replace(" check weight ", " weight ");
     if no_check == template_text {
-        bail!("{DEFAULT_TEMPLATE}: no ` check weight ` to drop");
+        bail!("{source}: no ` check weight ` to drop");
     }
     let template = rig.dir.join("templates").join("no-check.cfg.tera");
     std::fs::create_dir_all(template.parent().unwrap_or(&rig.dir))?;
