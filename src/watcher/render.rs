@@ -3,10 +3,11 @@
 //! A template that fails to parse is reported with its file and line and does not replace the
 //! last good version of itself, so etcd changes keep flowing while the operator fixes it.
 //!
-//! Rendering costs what changed, not everything: the built-in default template and templates
-//! marked per-service keep each service's part of the output and re-render only the services
-//! whose endpoints changed since (the catalog versions every service); a template that sees
-//! all services at once (the default for operator templates) is rendered whole.
+//! Rendering costs what changed, not everything: templates marked per-service keep each
+//! service's part of the output and re-render only the services whose endpoints changed since
+//! (the catalog versions every service); the built-in template is a concatenation of the
+//! catalog's cached lines; a template that sees all services at once (the default for
+//! operator templates) is rendered whole.
 //!
 //! - The built-in template is rendered natively from the catalog's cached `server` lines (a
 //!   concatenation, so it stays fast at 100,000 endpoints); a test holds its output
@@ -254,9 +255,11 @@ impl Renderer {
         });
         let mut out: Vec<Option<Result<String, TemplateError>>> = vec![None; self.specs.len()];
         for (i, slot) in out.iter_mut().enumerate() {
-            if self.modes[i] != Mode::Whole {
-                *slot = Some(self.render_parts(i, catalog, &order));
-            }
+            *slot = match self.modes[i] {
+                Mode::Builtin => Some(Ok(render_builtin(catalog, &order))),
+                Mode::PerService => Some(self.render_parts(i, catalog, &order)),
+                Mode::Whole => None,
+            };
         }
         if out.iter().any(Option::is_none) {
             catalog.with_context(|ctx| {
@@ -270,8 +273,8 @@ impl Renderer {
         out.into_iter().flatten().collect()
     }
 
-    /// Renders template `i` (built-in or per service) part by part, in `order`, reusing the
-    /// parts of the services that did not change.
+    /// Renders template `i` (marked per service) part by part, in `order`, reusing the parts
+    /// of the services that did not change.
     fn render_parts(
         &mut self,
         i: usize,
@@ -285,37 +288,28 @@ impl Renderer {
             if parts[s].as_ref().is_some_and(|(v, _)| *v == version) {
                 continue;
             }
-            let part = match self.modes[i] {
-                Mode::Builtin => Ok(builtin_part(&catalog.services()[s])),
-                _ => catalog
-                    .with_service_context(s, n == 0, |ctx| self.render_one(i, ctx))
-                    .unwrap_or_else(|| {
-                        Err(TemplateError(format!(
-                            "{}: no template context for service {}",
-                            self.specs[i].name(),
-                            catalog.services()[s].prefix.name()
-                        )))
-                    }),
-            };
+            let part = catalog
+                .with_service_context(s, n == 0, |ctx| self.render_one(i, ctx))
+                .unwrap_or_else(|| {
+                    Err(TemplateError(format!(
+                        "{}: no template context for service {}",
+                        self.specs[i].name(),
+                        catalog.services()[s].prefix.name()
+                    )))
+                });
             parts[s] = Some((version, part));
         }
-        let header = if self.modes[i] == Mode::Builtin {
-            BUILTIN_HEADER
-        } else {
-            ""
-        };
-        let result = concat_parts(header, order.iter().map(|&s| &parts[s]));
+        let result = concat_parts(order.iter().map(|&s| &parts[s]));
         self.parts[i] = parts;
         result
     }
 }
 
-/// The header, then each part in turn; the first part that failed fails the whole.
+/// Each part in turn; the first part that failed fails the whole.
 fn concat_parts<'a>(
-    header: &str,
     parts: impl Iterator<Item = &'a Option<Part>> + Clone,
 ) -> Result<String, TemplateError> {
-    let mut size = header.len();
+    let mut size = 0;
     for part in parts.clone() {
         match part {
             Some((_, Ok(text))) => size += text.len(),
@@ -324,7 +318,6 @@ fn concat_parts<'a>(
         }
     }
     let mut out = String::with_capacity(size);
-    out.push_str(header);
     for (_, text) in parts.flatten() {
         if let Ok(text) = text {
             out.push_str(text);
@@ -338,19 +331,27 @@ const BUILTIN_HEADER: &str =
 const BUILTIN_BACKEND_OPTIONS: &str =
     "\n    balance roundrobin\n    option redispatch\n    retries 2";
 
-/// The built-in template's part for one service, from its cached `server` lines.
-fn builtin_part(service: &crate::watcher::catalog::Service) -> String {
-    let lines = service.server_lines();
-    let size = 80 + lines.iter().map(|l| l.len() + 1).sum::<usize>();
-    let mut out = String::with_capacity(size);
-    out.push_str("\nbackend ");
-    out.push_str(service.prefix.name());
-    out.push_str(BUILTIN_BACKEND_OPTIONS);
-    for line in lines {
+/// The built-in template, rendered from cached lines: services in `order` (by name), then
+/// their servers. A concatenation costs less than keeping each service's part: the lines
+/// are the cache.
+fn render_builtin(catalog: &Catalog, order: &[usize]) -> String {
+    let services = catalog.services();
+    let size: usize = order
+        .iter()
+        .map(|&s| 80 + services[s].server_lines().iter().map(|l| l.len() + 1).sum::<usize>())
+        .sum();
+    let mut out = String::with_capacity(BUILTIN_HEADER.len() + size);
+    out.push_str(BUILTIN_HEADER);
+    for &s in order {
+        out.push_str("\nbackend ");
+        out.push_str(services[s].prefix.name());
+        out.push_str(BUILTIN_BACKEND_OPTIONS);
+        for line in services[s].server_lines() {
+            out.push('\n');
+            out.push_str(line);
+        }
         out.push('\n');
-        out.push_str(line);
     }
-    out.push('\n');
     out
 }
 
