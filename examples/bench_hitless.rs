@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cargo build --release --bin dockreg-haproxy --examples
-//! target/release/examples/bench_hitless [latency|churn|scale|all]   # default: all (≈ 6 min)
+//! target/release/examples/bench_hitless [latency|churn|scale|stream|all]   # default: all (≈ 6 min)
 //! BENCH_CHURN_SECS=10 target/release/examples/bench_hitless churn   # shorter churn runs
 //! ```
 //!
@@ -30,6 +30,9 @@
 //!    until HAProxy's initial reload, HAProxy's and the watcher's memory, then single-server
 //!    adds and deletes in one backend, timed on the admin socket (`show servers state`) and on
 //!    the output file.
+//! 4. **stream** — as the fast-path latency run, but a change every 50 ms (closer together than
+//!    the 100 ms debounce), each change issued 50 ms after the previous write or, when that one
+//!    took longer, as soon as it was seen.
 //!
 //! The rig (etcd, HAProxy, the watcher and its log), the polling client, `wrk`'s figures and
 //! the reading of `show servers state` are in `examples/common/`, shared with the other
@@ -46,7 +49,7 @@ use common::rig::{
 };
 use common::server_state::server_state;
 use common::wrk::{Wrk, WrkResult};
-use common::{ms, p50_p99, peak_rss_kb, rss_kb, WATCHER};
+use common::{max, ms, p50_p99, peak_rss_kb, rss_kb, WATCHER};
 use dockreg::haproxy::ProcList;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -60,6 +63,9 @@ const FAST_GAP: Duration = Duration::from_millis(150);
 const RELOAD_GAP: Duration = Duration::from_millis(700);
 const FAST_PAIRS: usize = 100;
 const RELOAD_PAIRS: usize = 30;
+/// The stream run: a change every 50 ms (closer together than the 100 ms debounce).
+const STREAM_PERIOD: Duration = Duration::from_millis(50);
+const STREAM_PAIRS: usize = 100;
 /// How long one change may take to show before it counts as missed.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -80,7 +86,20 @@ const SCALE_DRAIN: &str = "2s";
 // ---------------------------------------------------------------------------------------------
 // 1. Routing latency.
 
+/// How the changes of a latency run follow each other.
+#[derive(Debug, Clone, Copy)]
+enum Pace {
+    /// Each change `gap` after the previous one was seen: every change is isolated.
+    After(Duration),
+    /// A change every `period` from the previous write, or as soon as the previous one was seen
+    /// if that took longer: a stream of changes.
+    Every(Duration),
+}
+
 struct LatencyRun {
+    /// The path as the table shows it.
+    label: &'static str,
+    target: &'static str,
     fast: bool,
     command: String,
     puts: Vec<f64>,
@@ -89,14 +108,11 @@ struct LatencyRun {
     probe: (u64, u64, u64),
     poll_us: f64,
     counts: LogCounts,
+    /// Changes issued per second.
+    rate: f64,
 }
 
-async fn latency_run(fast: bool, pairs: usize, gap: Duration) -> Result<LatencyRun> {
-    let name = if fast {
-        "latency-fast"
-    } else {
-        "latency-reload"
-    };
+async fn latency_run(name: &str, fast: bool, pairs: usize, pace: Pace) -> Result<LatencyRun> {
     let mut rig = Rig::start(&format!("hitless-{name}")).await?;
     let (_backends, addrs) = start_backends(1).await?;
     let server = addrs[0];
@@ -109,6 +125,7 @@ async fn latency_run(fast: bool, pairs: usize, gap: Duration) -> Result<LatencyR
         bail!("{name}: before the first put HAProxy should answer 503, got {first:?}");
     }
     let (mut puts, mut deletes, mut missed) = (Vec::new(), Vec::new(), 0);
+    let started = Instant::now();
     for i in 0..pairs {
         for put in [true, false] {
             let t0 = Instant::now();
@@ -137,10 +154,18 @@ async fn latency_run(fast: bool, pairs: usize, gap: Duration) -> Result<LatencyR
                     );
                 }
             }
-            tokio::time::sleep(gap).await;
+            match pace {
+                Pace::After(gap) => tokio::time::sleep(gap).await,
+                Pace::Every(period) => {
+                    tokio::time::sleep_until((t0 + period).into()).await;
+                }
+            }
         }
     }
+    let rate = (2 * pairs) as f64 / started.elapsed().as_secs_f64();
     Ok(LatencyRun {
+        label: "",
+        target: "",
         fast,
         command: watcher.shown.clone(),
         puts,
@@ -149,57 +174,24 @@ async fn latency_run(fast: bool, pairs: usize, gap: Duration) -> Result<LatencyR
         probe: (probe.requests, probe.retried, probe.failed),
         poll_us: probe.busy.as_secs_f64() * 1e6 / probe.requests.max(1) as f64,
         counts: watcher.counts(),
+        rate,
     })
 }
 
-async fn latency(runtime_available: bool) -> Result<String> {
-    let mut runs = Vec::new();
-    if runtime_available {
-        eprintln!("bench: latency, fast path: {FAST_PAIRS} puts + {FAST_PAIRS} deletes ...");
-        runs.push(latency_run(true, FAST_PAIRS, FAST_GAP).await?);
-    }
-    eprintln!("bench: latency, reload path: {RELOAD_PAIRS} puts + {RELOAD_PAIRS} deletes ...");
-    runs.push(latency_run(false, RELOAD_PAIRS, RELOAD_GAP).await?);
-
-    let mut out = String::new();
-    writeln!(
-        out,
-        "### 1. Routing latency: etcd write → traffic through HAProxy\n"
-    )?;
-    for r in &runs {
-        let path = if r.fast { "fast path" } else { "reload path" };
-        writeln!(out, "- {path}: `{}`", r.command)?;
-    }
-    writeln!(
-        out,
-        "- one server of `/service` put and deleted in turn, changes {} ms (fast) / {} ms \
-         (reload) apart; a keep-alive client polls `GET /` through the frontend back to back \
-         until the first `200` from that server (put) or the first `503` (delete)",
-        FAST_GAP.as_millis(),
-        RELOAD_GAP.as_millis()
-    )?;
-    if !runtime_available {
-        writeln!(
-            out,
-            "- **fast path not run**: `{WATCHER} --help` has no `--runtime-socket`"
-        )?;
-    }
-    writeln!(out)?;
+/// The table of latency runs: put and delete of each, and what the probe and the log say.
+fn latency_table(out: &mut String, runs: &[LatencyRun]) -> Result<()> {
     writeln!(out, "| path | change | samples | p50 (ms) | p99 (ms) | max (ms) | target | missed | watcher log: `path=runtime` / `path=reload` |")?;
     writeln!(out, "|---|---|---:|---:|---:|---:|---|---:|---:|")?;
-    for r in &runs {
-        let (path, target) = if r.fast {
-            ("fast (runtime API)", "p50 ≤ 5, p99 ≤ 10")
-        } else {
-            ("reload", "p50 ≤ 150")
-        };
+    for r in runs {
         for (change, v) in [("put → 200 from it", &r.puts), ("delete → 503", &r.deletes)] {
             let (p50, p99) = p50_p99(v.clone());
-            let max = v.iter().copied().fold(f64::NAN, f64::max);
             writeln!(
                 out,
-                "| {path} | {change} | {} | {p50:.2} | {p99:.2} | {max:.2} | {target} | {} | {} / {} |",
+                "| {} | {change} | {} | {p50:.2} | {p99:.2} | {:.2} | {} | {} | {} / {} |",
+                r.label,
                 v.len(),
+                max(v),
+                r.target,
                 r.missed,
                 r.counts.runtime,
                 r.counts.reload
@@ -212,19 +204,72 @@ async fn latency(runtime_available: bool) -> Result<String> {
         "- the log counts include the watcher's reload at start; a `path=reload` beyond it in the \
          fast-path run is a fallback"
     )?;
-    for r in &runs {
-        let path = if r.fast { "fast path" } else { "reload path" };
+    for r in runs {
         let (requests, retried, failed) = r.probe;
         writeln!(
             out,
-            "- {path}: {requests} polls, {:.0} µs each on average, {retried} retried on a new \
-             connection, {failed} without answer; watcher log: {} warnings, {} errors",
-            r.poll_us, r.counts.warnings, r.counts.errors
+            "- {}: {:.1} changes/s; {requests} polls, {:.0} µs each on average, {retried} retried \
+             on a new connection, {failed} without answer; watcher log: {} warnings, {} errors",
+            r.label, r.rate, r.poll_us, r.counts.warnings, r.counts.errors
         )?;
         for p in &r.counts.problems {
             writeln!(out, "  - `{p}`")?;
         }
     }
+    Ok(())
+}
+
+async fn latency(runtime_available: bool) -> Result<String> {
+    let mut runs = Vec::new();
+    if runtime_available {
+        eprintln!("bench: latency, fast path: {FAST_PAIRS} puts + {FAST_PAIRS} deletes ...");
+        let run = latency_run("latency-fast", true, FAST_PAIRS, Pace::After(FAST_GAP)).await?;
+        runs.push(LatencyRun {
+            label: "fast (runtime API)",
+            target: "p50 ≤ 5, p99 ≤ 10",
+            ..run
+        });
+    }
+    eprintln!("bench: latency, reload path: {RELOAD_PAIRS} puts + {RELOAD_PAIRS} deletes ...");
+    let run = latency_run(
+        "latency-reload",
+        false,
+        RELOAD_PAIRS,
+        Pace::After(RELOAD_GAP),
+    )
+    .await?;
+    runs.push(LatencyRun {
+        label: "reload",
+        target: "p50 ≤ 150",
+        ..run
+    });
+
+    let mut out = String::new();
+    writeln!(
+        out,
+        "### 1. Routing latency: etcd write → traffic through HAProxy\n"
+    )?;
+    for r in &runs {
+        let path = if r.fast { "fast path" } else { "reload path" };
+        writeln!(out, "- {path}: `{}`", r.command)?;
+    }
+    writeln!(
+        out,
+        "- one server of `/service` put and deleted in turn, each change {} ms (fast) / {} ms \
+         (reload) after the previous one was seen; a keep-alive client polls `GET /` through the \
+         frontend back to back until the first `200` from that server (put) or the first `503` \
+         (delete)",
+        FAST_GAP.as_millis(),
+        RELOAD_GAP.as_millis()
+    )?;
+    if !runtime_available {
+        writeln!(
+            out,
+            "- **fast path not run**: `{WATCHER} --help` has no `--runtime-socket`"
+        )?;
+    }
+    writeln!(out)?;
+    latency_table(&mut out, &runs)?;
     Ok(out)
 }
 
@@ -803,14 +848,54 @@ async fn scale(runtime_available: bool) -> Result<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 4. A stream of changes.
+
+async fn stream(runtime_available: bool) -> Result<String> {
+    let mut out = String::new();
+    writeln!(
+        out,
+        "### 4. A stream of changes: etcd write → traffic through HAProxy, a change every {} ms\n",
+        STREAM_PERIOD.as_millis()
+    )?;
+    if !runtime_available {
+        writeln!(
+            out,
+            "- **not run**: `{WATCHER} --help` has no `--runtime-socket`"
+        )?;
+        return Ok(out);
+    }
+    eprintln!(
+        "bench: stream, a change every {} ms: {STREAM_PAIRS} puts + {STREAM_PAIRS} deletes ...",
+        STREAM_PERIOD.as_millis()
+    );
+    let run = latency_run("stream", true, STREAM_PAIRS, Pace::Every(STREAM_PERIOD)).await?;
+    let run = LatencyRun {
+        label: "fast (runtime API), stream",
+        target: "p50 ≤ 5, p99 ≤ 15",
+        ..run
+    };
+    writeln!(out, "- `{}`", run.command)?;
+    writeln!(
+        out,
+        "- as in 1 (fast path), but a change every {} ms from the previous write — closer than \
+         the 100 ms `--debounce` — or at once when the previous change took longer to be seen \
+         (each change is timed alone)",
+        STREAM_PERIOD.as_millis()
+    )?;
+    writeln!(out)?;
+    latency_table(&mut out, std::slice::from_ref(&run))?;
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let sections: Vec<String> = std::env::args().skip(1).collect();
     let all = sections.is_empty() || sections.iter().any(|s| s == "all");
     for s in &sections {
-        if !["latency", "churn", "scale", "all"].contains(&s.as_str()) {
-            bail!("unknown section {s:?}: use latency, churn, scale or all");
+        if !["latency", "churn", "scale", "stream", "all"].contains(&s.as_str()) {
+            bail!("unknown section {s:?}: use latency, churn, scale, stream or all");
         }
     }
     let wanted = |s: &str| all || sections.iter().any(|x| x == s);
@@ -833,6 +918,9 @@ async fn main() -> Result<()> {
     }
     if wanted("scale") {
         println!("{}", scale(runtime).await?);
+    }
+    if wanted("stream") {
+        println!("{}", stream(runtime).await?);
     }
     println!("Total: {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
