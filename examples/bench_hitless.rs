@@ -635,13 +635,7 @@ async fn scale_run(runtime: bool) -> Result<ScaleRun> {
     let t0 = Instant::now();
     rig.put_all(&keys).await?;
     run.load_s = t0.elapsed().as_secs_f64();
-    let mut args = rig.watcher_args(runtime);
-    args.extend([
-        "--prefix".into(),
-        prefixes,
-        "--template".into(),
-        template.display().to_string(),
-    ]);
+    let mut args = rig.watcher_args_with(runtime, &prefixes, &template);
     if runtime {
         args.extend(["--drain-timeout".into(), SCALE_DRAIN.into()]);
     }

@@ -130,6 +130,19 @@ impl Rig {
         args
     }
 
+    /// [`watcher_args`](Self::watcher_args) with the service prefixes `prefixes`
+    /// (comma-separated) and the template `template`.
+    pub fn watcher_args_with(&self, runtime: bool, prefixes: &str, template: &Path) -> Vec<String> {
+        let mut args = self.watcher_args(runtime);
+        args.extend([
+            "--prefix".into(),
+            prefixes.to_string(),
+            "--template".into(),
+            template.display().to_string(),
+        ]);
+        args
+    }
+
     /// Starts the watcher with `args`; its log (text, `RUST_LOG=info`) goes to a file.
     pub fn spawn_watcher(&self, args: Vec<String>) -> Result<Watcher> {
         let log = self.dir.join(format!("watcher-{}.log", free_port()));

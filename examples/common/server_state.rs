@@ -35,3 +35,21 @@ pub fn server_state(text: &str, name: &str) -> Option<ServerState> {
     })
 }
 
+/// Every server of a `show servers state` answer (all backends, or one): backend name, server
+/// name and state, in the order listed.
+pub fn all_servers(text: &str) -> Vec<(&str, &str, ServerState)> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 8 || f[0].starts_with('#') || f[0].parse::<u32>().is_err() {
+                return None;
+            }
+            let state = ServerState {
+                op: f[5].parse().ok()?,
+                admin: f[6].parse().ok()?,
+                weight: f[7].parse().ok()?,
+            };
+            Some((f[1], f[3], state))
+        })
+        .collect()
+}
