@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cargo build --release --bin dockreg-haproxy --examples
-//! target/release/examples/bench_hitless [latency|churn|scale|all]   # default: all (≈ 6 min)
+//! target/release/examples/bench_hitless [latency|churn|scale|stream|all]   # default: all (≈ 6 min)
 //! BENCH_CHURN_SECS=10 target/release/examples/bench_hitless churn   # shorter churn runs
 //! ```
 //!
@@ -22,44 +22,44 @@
 //! 2. **churn** — two `wrk` at once (keep-alive, and a new connection per request) against
 //!    the frontend while (a) servers of a pool are added and removed every 10–50 ms beside two
 //!    stable ones, or (b) the template is rewritten every 570 ms with an option that forces a
-//!    reload (`--min-reload-interval 250ms` there, so that none coalesce). Counts requests, socket errors and non-2xx answers; reloads and surviving old
-//!    workers come from the master socket's `show proc`.
+//!    reload (`--min-reload-interval 250ms` there, so that none coalesce). Counts requests, socket
+//!    errors and non-2xx answers; reloads and surviving old workers come from the master
+//!    socket's `show proc`.
 //! 3. **scale** — 10,000 servers in 1,000 backends (closed loopback ports, the per-service
 //!    default template without `check`, so no health check and no traffic ever reaches them;
 //!    `BENCH_SCALE_TEMPLATE=<file>` renders another template instead): time from the first put
 //!    until HAProxy's initial reload, HAProxy's and the watcher's memory, then single-server
 //!    adds and deletes in one backend, timed on the admin socket (`show servers state`) and on
 //!    the output file.
+//! 4. **stream** — as the fast-path latency run, but a change every 50 ms (closer together than
+//!    the 100 ms debounce), each change issued 50 ms after the previous write or, when that one
+//!    took longer, as soon as it was seen.
+//!
+//! The rig (etcd, HAProxy, the watcher and its log), the polling client, `wrk`'s figures and
+//! the reading of `show servers state` are in `examples/common/`, shared with the other
+//! benchmarks.
 
 #[path = "common/mod.rs"]
 mod common;
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use common::{p50_p99, peak_rss_kb, rss_kb, start_etcd, WATCHER};
-use dockreg::haproxy::{MasterSocket, ProcList};
-use dockreg_testkit::backends::DemoBackends;
-use dockreg_testkit::etcd::Etcd;
-use dockreg_testkit::haproxy::{admin_command, Haproxy};
-use dockreg_testkit::{free_port, Guard};
-use etcd_client::{Client, Txn, TxnOp};
+use common::probe::{Answer, Probe};
+use common::rig::{
+    admin, check_built, runtime_flags_available, start_backends, LogCounts, Rig, BACKEND_BIN,
+    BASE_CONFIG, DEFAULT_TEMPLATE, ID_PREFIX, TXN_OPS,
+};
+use common::server_state::server_state;
+use common::wrk::{Wrk, WrkResult};
+use common::{max, ms, p50_p99, peak_rss_kb, rss_kb, WATCHER};
+use dockreg::haproxy::ProcList;
 use std::fmt::Write as _;
-use std::fs::File;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-const BACKEND_BIN: &str = "target/release/examples/demo_backend";
-const BASE_CONFIG: &str = "haproxy/haproxy.cfg";
-const DEFAULT_TEMPLATE: &str = "templates/haproxy-backends.cfg.tera";
 /// The default template in its per-service form (rendered per service, only what changed).
 const PER_SERVICE_TEMPLATE: &str = "templates/per-service.cfg.tera";
-/// First word of every backend answer (`bench <address>`).
-const ID_PREFIX: &str = "bench";
 
 /// Spacing of changes in the fast-path latency run (the debounce is 100 ms).
 const FAST_GAP: Duration = Duration::from_millis(150);
@@ -67,6 +67,9 @@ const FAST_GAP: Duration = Duration::from_millis(150);
 const RELOAD_GAP: Duration = Duration::from_millis(700);
 const FAST_PAIRS: usize = 100;
 const RELOAD_PAIRS: usize = 30;
+/// The stream run: a change every 50 ms (closer together than the 100 ms debounce).
+const STREAM_PERIOD: Duration = Duration::from_millis(50);
+const STREAM_PAIRS: usize = 100;
 /// How long one change may take to show before it counts as missed.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -83,461 +86,24 @@ const SCALE_BACKENDS: usize = 1000;
 const SCALE_PER_BACKEND: usize = 10;
 const SCALE_SAMPLES: usize = 30;
 const SCALE_DRAIN: &str = "2s";
-/// etcd's default limit of operations in one transaction.
-const TXN_OPS: usize = 128;
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-// ---------------------------------------------------------------------------------------------
-// The rig: etcd, HAProxy, the watcher, backends.
-
-/// One run's world: a folder, etcd and HAProxy (master-worker, base config + rendered file).
-struct Rig {
-    _tmp: Option<tempfile::TempDir>,
-    dir: PathBuf,
-    _etcd: Etcd,
-    /// etcd's client URL.
-    url: String,
-    client: Client,
-    _haproxy: Haproxy,
-    http: SocketAddr,
-    master: MasterSocket,
-    admin: PathBuf,
-    output: PathBuf,
-    env: Vec<(String, String)>,
-}
-
-impl Rig {
-    async fn start(name: &str) -> Result<Rig> {
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("bench-hitless-{name}-"))
-            .tempdir()
-            .context("creating a temporary folder")?;
-        let (tmp, dir) = if std::env::var_os("BENCH_KEEP").is_some() {
-            let dir = tmp.keep();
-            eprintln!("bench: {name}: files kept in {}", dir.display());
-            (None, dir)
-        } else {
-            let dir = tmp.path().to_path_buf();
-            (Some(tmp), dir)
-        };
-        let etcd = start_etcd(&dir).await;
-        let (url, client) = (etcd.url(), etcd.client().await);
-        let output = dir.join("backends.cfg");
-        let haproxy = Haproxy::start_with(&dir, PathBuf::from(BASE_CONFIG), output.clone()).await;
-        Ok(Rig {
-            _tmp: tmp,
-            admin: haproxy.admin_socket.clone(),
-            dir,
-            _etcd: etcd,
-            url,
-            client,
-            http: haproxy.http,
-            master: MasterSocket {
-                path: haproxy.master_socket.clone(),
-                timeout: Duration::from_secs(10),
-            },
-            output,
-            env: haproxy.env.clone(),
-            _haproxy: haproxy,
-        })
-    }
-
-    async fn show_proc(&self) -> Result<ProcList> {
-        self.master.show_proc().await.map_err(|e| anyhow!(e))
-    }
-
-    /// The watcher's arguments for this rig, runtime flags included when `runtime`.
-    fn watcher_args(&self, runtime: bool) -> Vec<String> {
-        let mut args = vec![
-            "--etcd".to_string(),
-            self.url.clone(),
-            "--haproxy-config".into(),
-            BASE_CONFIG.into(),
-            "--master-socket".into(),
-            self.master.path.display().to_string(),
-            "--output".into(),
-            self.output.display().to_string(),
-        ];
-        if runtime {
-            args.extend([
-                "--runtime-socket".into(),
-                self.admin.display().to_string(),
-                "--server-state-file".into(),
-                self.dir.join("server-state").display().to_string(),
-            ]);
-        }
-        args
-    }
-
-    /// Starts the watcher with `args`; its log (text, `RUST_LOG=info`) goes to a file.
-    fn spawn_watcher(&self, args: Vec<String>) -> Result<Watcher> {
-        let log = self.dir.join(format!("watcher-{}.log", free_port()));
-        let file = File::create(&log).context("creating the watcher log")?;
-        let child = Command::new(WATCHER)
-            .args(&args)
-            .envs(self.env.iter().cloned())
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .with_context(|| format!("starting {WATCHER} (cargo build --release first)"))?;
-        let shown = self.shown(&args);
-        Ok(Watcher {
-            guard: Guard(child),
-            log,
-            shown,
-        })
-    }
-
-    /// Starts the watcher and waits until HAProxy runs its first configuration (the watcher
-    /// always reloads once at start) and the minimum reload interval has passed.
-    async fn start_watcher(&self, args: Vec<String>) -> Result<Watcher> {
-        let before = self.show_proc().await?.reloads;
-        let mut watcher = self.spawn_watcher(args)?;
-        self.wait_reload(&mut watcher, before, Duration::from_secs(60))
-            .await?;
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        Ok(watcher)
-    }
-
-    /// Waits until the master has reloaded more than `before` times; returns when it saw it.
-    async fn wait_reload(
-        &self,
-        watcher: &mut Watcher,
-        before: u64,
-        timeout: Duration,
-    ) -> Result<Instant> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(p) = self.show_proc().await {
-                if p.reloads > before && p.current_workers().next().is_some() {
-                    return Ok(Instant::now());
-                }
-            }
-            watcher.check_running()?;
-            if Instant::now() > deadline {
-                bail!(
-                    "HAProxy did not reload within {timeout:?}; watcher log:\n{}",
-                    watcher.log_tail(20)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    /// A command line as printed: temporary paths as `$DIR`, etcd's URL as `$ETCD`, long
-    /// comma lists shortened.
-    fn shown(&self, args: &[String]) -> String {
-        let dir = self.dir.display().to_string();
-        let mut out = String::from("dockreg-haproxy");
-        for a in args {
-            let mut a = a.replace(&dir, "$DIR").replace(&self.url, "$ETCD");
-            let items: Vec<&str> = a.split(',').collect();
-            if items.len() > 4 {
-                a = format!(
-                    "{},{},…,{} ({} items)",
-                    items[0],
-                    items[1],
-                    items[items.len() - 1],
-                    items.len()
-                );
-            }
-            out.push(' ');
-            out.push_str(&a);
-        }
-        out
-    }
-
-    /// Puts `value` under every key, in transactions of at most [`TXN_OPS`] operations.
-    async fn put_all(&mut self, keys: &[String]) -> Result<()> {
-        for chunk in keys.chunks(TXN_OPS) {
-            let ops: Vec<TxnOp> = chunk
-                .iter()
-                .map(|k| TxnOp::put(k.as_str(), "running", None))
-                .collect();
-            self.client
-                .txn(Txn::new().and_then(ops))
-                .await
-                .context("etcd txn")?;
-        }
-        Ok(())
-    }
-
-    async fn put(&mut self, key: &str) -> Result<()> {
-        self.client
-            .put(key, "running", None)
-            .await
-            .with_context(|| format!("etcd put {key}"))?;
-        Ok(())
-    }
-
-    async fn delete(&mut self, key: &str) -> Result<()> {
-        self.client
-            .delete(key, None)
-            .await
-            .with_context(|| format!("etcd delete {key}"))?;
-        Ok(())
-    }
-}
-
-/// The running watcher.
-struct Watcher {
-    guard: Guard,
-    log: PathBuf,
-    /// Its command line as printed.
-    shown: String,
-}
-
-/// What the watcher's log says.
-#[derive(Debug, Default)]
-struct LogCounts {
-    runtime: usize,
-    reload: usize,
-    warnings: usize,
-    errors: usize,
-    /// The first few distinct warning and error lines.
-    problems: Vec<String>,
-}
-
-impl Watcher {
-    fn check_running(&mut self) -> Result<()> {
-        if let Some(status) = self.guard.0.try_wait()? {
-            bail!(
-                "the watcher exited ({status}); its log:\n{}",
-                self.log_tail(20)
-            );
-        }
-        Ok(())
-    }
-
-    fn log_text(&self) -> String {
-        strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
-    }
-
-    fn log_tail(&self, n: usize) -> String {
-        let text = self.log_text();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-
-    fn counts(&self) -> LogCounts {
-        let mut c = LogCounts::default();
-        for line in self.log_text().lines() {
-            c.runtime += usize::from(line.contains("path=runtime"));
-            c.reload += usize::from(line.contains("path=reload"));
-            let warn = line.contains(" WARN ");
-            let error = line.contains(" ERROR ");
-            c.warnings += usize::from(warn);
-            c.errors += usize::from(error);
-            if (warn || error) && c.problems.len() < 3 {
-                // Without the timestamp, so repeats of one message count once.
-                let msg = line.split_once(' ').map_or(line, |(_, rest)| rest);
-                let msg: String = msg.chars().take(240).collect();
-                if !c.problems.contains(&msg) {
-                    c.problems.push(msg);
-                }
-            }
-        }
-        c
-    }
-}
-
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI sequence: ESC [ parameters, ended by a letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// `demo_backend` serving `n` free loopback ports; answers `bench <address>`. The servers keep
-/// running whatever etcd says, so requests in flight on a removed server finish.
-async fn start_backends(n: usize) -> Result<(Guard, Vec<SocketAddr>)> {
-    let b = DemoBackends::start(Path::new(BACKEND_BIN), ID_PREFIX, n).await;
-    Ok((b.guard, b.addrs))
-}
-
-/// One command on HAProxy's admin socket (non-interactive: HAProxy answers, then closes).
-async fn admin(path: &Path, cmd: &str) -> Result<String> {
-    admin_command(path, cmd, Duration::from_secs(2))
-        .await
-        .map_err(|e| anyhow!(e))
-}
-
-// ---------------------------------------------------------------------------------------------
-// An HTTP client through HAProxy's frontend.
-
-/// Who answered a `GET /`.
-#[derive(Debug, PartialEq, Eq)]
-enum Answer {
-    /// A backend's `200` body.
-    Ok(String),
-    /// Any other status (HAProxy's `503` when no server is up).
-    Status(u16),
-    /// No answer: connection refused, reset, or a timeout.
-    Failed,
-}
-
-/// A keep-alive HTTP/1.1 client that reconnects when HAProxy closes the connection.
-struct Probe {
-    addr: SocketAddr,
-    conn: Option<TcpStream>,
-    buf: Vec<u8>,
-    requests: u64,
-    /// Requests retried on a new connection because a kept-alive one was closed under them.
-    retried: u64,
-    failed: u64,
-    /// Time spent in requests.
-    busy: Duration,
-}
-
-impl Probe {
-    fn new(addr: SocketAddr) -> Probe {
-        Probe {
-            addr,
-            conn: None,
-            buf: Vec::with_capacity(4096),
-            requests: 0,
-            retried: 0,
-            failed: 0,
-            busy: Duration::ZERO,
-        }
-    }
-
-    async fn get(&mut self) -> Answer {
-        let started = Instant::now();
-        let answer = self.get_once().await;
-        self.busy += started.elapsed();
-        answer
-    }
-
-    async fn get_once(&mut self) -> Answer {
-        self.requests += 1;
-        let reused = self.conn.is_some();
-        if let Some(a) = self.attempt().await {
-            return a;
-        }
-        // A kept-alive connection may be closed by an old worker just as we send: retry once
-        // on a new one, as HTTP clients do for idempotent requests.
-        if reused {
-            self.retried += 1;
-            if let Some(a) = self.attempt().await {
-                return a;
-            }
-        }
-        self.failed += 1;
-        Answer::Failed
-    }
-
-    async fn attempt(&mut self) -> Option<Answer> {
-        match tokio::time::timeout(Duration::from_secs(2), self.exchange()).await {
-            Ok(Ok(a)) => Some(a),
-            _ => {
-                self.conn = None;
-                None
-            }
-        }
-    }
-
-    async fn exchange(&mut self) -> std::io::Result<Answer> {
-        use std::io::{Error, ErrorKind};
-        let conn = match &mut self.conn {
-            Some(c) => c,
-            None => {
-                let c = TcpStream::connect(self.addr).await?;
-                c.set_nodelay(true)?;
-                self.conn.insert(c)
-            }
-        };
-        conn.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
-            .await?;
-        let buf = &mut self.buf;
-        buf.clear();
-        let head_end = loop {
-            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break p + 4;
-            }
-            if read_more(conn, buf).await? == 0 {
-                return Err(ErrorKind::UnexpectedEof.into());
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Error::new(ErrorKind::InvalidData, "no status line"))?;
-        let header = |name: &str| {
-            head.lines()
-                .filter_map(|l| l.split_once(':'))
-                .find(|(k, _)| k.trim() == name)
-                .map(|(_, v)| v.trim().to_string())
-        };
-        let length: usize = header("content-length")
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| Error::new(ErrorKind::InvalidData, "no content-length"))?;
-        let close = header("connection").is_some_and(|v| v.contains("close"));
-        while buf.len() < head_end + length {
-            if read_more(conn, buf).await? == 0 {
-                return Err(ErrorKind::UnexpectedEof.into());
-            }
-        }
-        let body = String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned();
-        if close {
-            self.conn = None;
-        }
-        Ok(if status == 200 {
-            Answer::Ok(body)
-        } else {
-            Answer::Status(status)
-        })
-    }
-
-    /// Sends requests back to back until `want` holds; the instant of that answer.
-    async fn until(
-        &mut self,
-        timeout: Duration,
-        want: impl Fn(&Answer) -> bool,
-    ) -> Option<Instant> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let a = self.get().await;
-            let now = Instant::now();
-            if want(&a) {
-                return Some(now);
-            }
-            if now > deadline {
-                return None;
-            }
-        }
-    }
-}
-
-async fn read_more(conn: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-    let mut chunk = [0u8; 4096];
-    let n = conn.read(&mut chunk).await?;
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(n)
-}
 
 // ---------------------------------------------------------------------------------------------
 // 1. Routing latency.
 
+/// How the changes of a latency run follow each other.
+#[derive(Debug, Clone, Copy)]
+enum Pace {
+    /// Each change `gap` after the previous one was seen: every change is isolated.
+    After(Duration),
+    /// A change every `period` from the previous write, or as soon as the previous one was seen
+    /// if that took longer: a stream of changes.
+    Every(Duration),
+}
+
 struct LatencyRun {
+    /// The path as the table shows it.
+    label: &'static str,
+    target: &'static str,
     fast: bool,
     command: String,
     puts: Vec<f64>,
@@ -546,15 +112,12 @@ struct LatencyRun {
     probe: (u64, u64, u64),
     poll_us: f64,
     counts: LogCounts,
+    /// Changes issued per second.
+    rate: f64,
 }
 
-async fn latency_run(fast: bool, pairs: usize, gap: Duration) -> Result<LatencyRun> {
-    let name = if fast {
-        "latency-fast"
-    } else {
-        "latency-reload"
-    };
-    let mut rig = Rig::start(name).await?;
+async fn latency_run(name: &str, fast: bool, pairs: usize, pace: Pace) -> Result<LatencyRun> {
+    let mut rig = Rig::start(&format!("hitless-{name}")).await?;
     let (_backends, addrs) = start_backends(1).await?;
     let server = addrs[0];
     let watcher = rig.start_watcher(rig.watcher_args(fast)).await?;
@@ -566,6 +129,7 @@ async fn latency_run(fast: bool, pairs: usize, gap: Duration) -> Result<LatencyR
         bail!("{name}: before the first put HAProxy should answer 503, got {first:?}");
     }
     let (mut puts, mut deletes, mut missed) = (Vec::new(), Vec::new(), 0);
+    let started = Instant::now();
     for i in 0..pairs {
         for put in [true, false] {
             let t0 = Instant::now();
@@ -594,10 +158,18 @@ async fn latency_run(fast: bool, pairs: usize, gap: Duration) -> Result<LatencyR
                     );
                 }
             }
-            tokio::time::sleep(gap).await;
+            match pace {
+                Pace::After(gap) => tokio::time::sleep(gap).await,
+                Pace::Every(period) => {
+                    tokio::time::sleep_until((t0 + period).into()).await;
+                }
+            }
         }
     }
+    let rate = (2 * pairs) as f64 / started.elapsed().as_secs_f64();
     Ok(LatencyRun {
+        label: "",
+        target: "",
         fast,
         command: watcher.shown.clone(),
         puts,
@@ -606,57 +178,24 @@ async fn latency_run(fast: bool, pairs: usize, gap: Duration) -> Result<LatencyR
         probe: (probe.requests, probe.retried, probe.failed),
         poll_us: probe.busy.as_secs_f64() * 1e6 / probe.requests.max(1) as f64,
         counts: watcher.counts(),
+        rate,
     })
 }
 
-async fn latency(runtime_available: bool) -> Result<String> {
-    let mut runs = Vec::new();
-    if runtime_available {
-        eprintln!("bench: latency, fast path: {FAST_PAIRS} puts + {FAST_PAIRS} deletes ...");
-        runs.push(latency_run(true, FAST_PAIRS, FAST_GAP).await?);
-    }
-    eprintln!("bench: latency, reload path: {RELOAD_PAIRS} puts + {RELOAD_PAIRS} deletes ...");
-    runs.push(latency_run(false, RELOAD_PAIRS, RELOAD_GAP).await?);
-
-    let mut out = String::new();
-    writeln!(
-        out,
-        "### 1. Routing latency: etcd write → traffic through HAProxy\n"
-    )?;
-    for r in &runs {
-        let path = if r.fast { "fast path" } else { "reload path" };
-        writeln!(out, "- {path}: `{}`", r.command)?;
-    }
-    writeln!(
-        out,
-        "- one server of `/service` put and deleted in turn, changes {} ms (fast) / {} ms \
-         (reload) apart; a keep-alive client polls `GET /` through the frontend back to back \
-         until the first `200` from that server (put) or the first `503` (delete)",
-        FAST_GAP.as_millis(),
-        RELOAD_GAP.as_millis()
-    )?;
-    if !runtime_available {
-        writeln!(
-            out,
-            "- **fast path not run**: `{WATCHER} --help` has no `--runtime-socket`"
-        )?;
-    }
-    writeln!(out)?;
+/// The table of latency runs: put and delete of each, and what the probe and the log say.
+fn latency_table(out: &mut String, runs: &[LatencyRun]) -> Result<()> {
     writeln!(out, "| path | change | samples | p50 (ms) | p99 (ms) | max (ms) | target | missed | watcher log: `path=runtime` / `path=reload` |")?;
     writeln!(out, "|---|---|---:|---:|---:|---:|---|---:|---:|")?;
-    for r in &runs {
-        let (path, target) = if r.fast {
-            ("fast (runtime API)", "p50 ≤ 5, p99 ≤ 10")
-        } else {
-            ("reload", "p50 ≤ 150")
-        };
+    for r in runs {
         for (change, v) in [("put → 200 from it", &r.puts), ("delete → 503", &r.deletes)] {
             let (p50, p99) = p50_p99(v.clone());
-            let max = v.iter().copied().fold(f64::NAN, f64::max);
             writeln!(
                 out,
-                "| {path} | {change} | {} | {p50:.2} | {p99:.2} | {max:.2} | {target} | {} | {} / {} |",
+                "| {} | {change} | {} | {p50:.2} | {p99:.2} | {:.2} | {} | {} | {} / {} |",
+                r.label,
                 v.len(),
+                max(v),
+                r.target,
                 r.missed,
                 r.counts.runtime,
                 r.counts.reload
@@ -669,80 +208,77 @@ async fn latency(runtime_available: bool) -> Result<String> {
         "- the log counts include the watcher's reload at start; a `path=reload` beyond it in the \
          fast-path run is a fallback"
     )?;
-    for r in &runs {
-        let path = if r.fast { "fast path" } else { "reload path" };
+    for r in runs {
         let (requests, retried, failed) = r.probe;
         writeln!(
             out,
-            "- {path}: {requests} polls, {:.0} µs each on average, {retried} retried on a new \
-             connection, {failed} without answer; watcher log: {} warnings, {} errors",
-            r.poll_us, r.counts.warnings, r.counts.errors
+            "- {}: {:.1} changes/s; {requests} polls, {:.0} µs each on average, {retried} retried \
+             on a new connection, {failed} without answer; watcher log: {} warnings, {} errors",
+            r.label, r.rate, r.poll_us, r.counts.warnings, r.counts.errors
         )?;
         for p in &r.counts.problems {
             writeln!(out, "  - `{p}`")?;
         }
     }
+    Ok(())
+}
+
+async fn latency(runtime_available: bool) -> Result<String> {
+    let mut runs = Vec::new();
+    if runtime_available {
+        eprintln!("bench: latency, fast path: {FAST_PAIRS} puts + {FAST_PAIRS} deletes ...");
+        let run = latency_run("latency-fast", true, FAST_PAIRS, Pace::After(FAST_GAP)).await?;
+        runs.push(LatencyRun {
+            label: "fast (runtime API)",
+            target: "p50 ≤ 5, p99 ≤ 10",
+            ..run
+        });
+    }
+    eprintln!("bench: latency, reload path: {RELOAD_PAIRS} puts + {RELOAD_PAIRS} deletes ...");
+    let run = latency_run(
+        "latency-reload",
+        false,
+        RELOAD_PAIRS,
+        Pace::After(RELOAD_GAP),
+    )
+    .await?;
+    runs.push(LatencyRun {
+        label: "reload",
+        target: "p50 ≤ 150",
+        ..run
+    });
+
+    let mut out = String::new();
+    writeln!(
+        out,
+        "### 1. Routing latency: etcd write → traffic through HAProxy\n"
+    )?;
+    for r in &runs {
+        let path = if r.fast { "fast path" } else { "reload path" };
+        writeln!(out, "- {path}: `{}`", r.command)?;
+    }
+    writeln!(
+        out,
+        "- one server of `/service` put and deleted in turn, each change {} ms (fast) / {} ms \
+         (reload) after the previous one was seen; a keep-alive client polls `GET /` through the \
+         frontend back to back until the first `200` from that server (put) or the first `503` \
+         (delete)",
+        FAST_GAP.as_millis(),
+        RELOAD_GAP.as_millis()
+    )?;
+    if !runtime_available {
+        writeln!(
+            out,
+            "- **fast path not run**: `{WATCHER} --help` has no `--runtime-socket`"
+        )?;
+    }
+    writeln!(out)?;
+    latency_table(&mut out, &runs)?;
     Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
 // 2. Churn under load.
-
-/// Figures `wrk` prints; absent lines mean 0.
-#[derive(Debug, Default)]
-struct WrkResult {
-    requests: u64,
-    connect: u64,
-    read: u64,
-    write: u64,
-    timeout: u64,
-    non_2xx_3xx: u64,
-}
-
-impl WrkResult {
-    fn parse(text: &str) -> Result<WrkResult> {
-        let mut r = WrkResult::default();
-        let mut saw_requests = false;
-        for line in text.lines().map(str::trim) {
-            if line.contains(" requests in ") {
-                r.requests = first_number(line)?;
-                saw_requests = true;
-            } else if let Some(rest) = line.strip_prefix("Socket errors:") {
-                for part in rest.split(',') {
-                    let mut w = part.split_whitespace();
-                    let (Some(kind), Some(n)) = (w.next(), w.next()) else {
-                        continue;
-                    };
-                    let n: u64 = n.parse().with_context(|| format!("wrk: {line:?}"))?;
-                    match kind {
-                        "connect" => r.connect = n,
-                        "read" => r.read = n,
-                        "write" => r.write = n,
-                        "timeout" => r.timeout = n,
-                        _ => {}
-                    }
-                }
-            } else if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
-                r.non_2xx_3xx = first_number(rest)?;
-            }
-        }
-        if !saw_requests {
-            bail!("no request count in wrk's output:\n{text}");
-        }
-        Ok(r)
-    }
-
-    fn errors(&self) -> u64 {
-        self.connect + self.read + self.write + self.timeout + self.non_2xx_3xx
-    }
-}
-
-fn first_number(text: &str) -> Result<u64> {
-    text.split_whitespace()
-        .next()
-        .and_then(|w| w.parse().ok())
-        .ok_or_else(|| anyhow!("no number at the start of {text:?}"))
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ChurnKind {
@@ -796,7 +332,7 @@ async fn churn_run(kind: ChurnKind, secs: u64, runtime: bool) -> Result<ChurnRun
         ChurnKind::Backends => "churn-backends",
         ChurnKind::Template => "churn-template",
     };
-    let mut rig = Rig::start(name).await?;
+    let mut rig = Rig::start(&format!("hitless-{name}")).await?;
     let (_backends, addrs) = start_backends(CHURN_STABLE + CHURN_POOL).await?;
     let (stable, pool) = addrs.split_at(CHURN_STABLE);
     let stable_keys: Vec<String> = stable.iter().map(|a| format!("/service/{a}")).collect();
@@ -832,31 +368,12 @@ async fn churn_run(kind: ChurnKind, secs: u64, runtime: bool) -> Result<ChurnRun
         vec!["-t1", "-c20", &duration, &url],
         vec!["-t1", "-c20", &duration, "-H", "Connection: close", &url],
     ];
-    let wrk_commands = wrk_args.clone().map(|a| {
-        let shown: Vec<String> = a
-            .iter()
-            .map(|w| {
-                if w.contains(' ') {
-                    format!("'{w}'")
-                } else {
-                    w.replace(&rig.http.port().to_string(), "$PORT")
-                }
-            })
-            .collect();
-        format!("wrk {}", shown.join(" "))
-    });
     let before = rig.show_proc().await?;
     let mut wrk = Vec::new();
     for a in &wrk_args {
-        let child = tokio::process::Command::new("wrk")
-            .args(a)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting wrk (apt-get install wrk)")?;
-        wrk.push(child);
+        wrk.push(Wrk::start(a, rig.http.port())?);
     }
+    let wrk_commands = [wrk[0].shown.clone(), wrk[1].shown.clone()];
 
     // Old workers, sampled twice a second while the load runs.
     let stop = Arc::new(AtomicBool::new(false));
@@ -907,10 +424,8 @@ async fn churn_run(kind: ChurnKind, secs: u64, runtime: bool) -> Result<ChurnRun
     }
 
     let mut wrk_results = Vec::new();
-    for child in wrk {
-        let out = child.wait_with_output().await.context("waiting for wrk")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        wrk_results.push(WrkResult::parse(&text)?);
+    for w in wrk {
+        wrk_results.push(w.finish().await?);
     }
     let after = rig.show_proc().await?;
     stop.store(true, Ordering::Relaxed);
@@ -1046,41 +561,6 @@ fn scale_endpoint(i: usize) -> String {
     )
 }
 
-/// A server's state in `show servers state`: operational state, admin flags, user weight.
-#[derive(Debug, Clone, Copy)]
-struct ServerState {
-    op: u32,
-    admin: u32,
-    weight: u32,
-}
-
-impl ServerState {
-    /// Taking new requests: running, no maintenance or drain flag, a weight above 0.
-    fn in_rotation(&self) -> bool {
-        self.op == 2 && self.admin & 0x3f == 0 && self.weight > 0
-    }
-}
-
-/// Server `name` in a `show servers state <backend>` answer (fields: be_id be_name srv_id
-/// srv_name srv_addr srv_op_state srv_admin_state srv_uweight …); `None` when not listed.
-///
-/// Deliberately the benchmark's own parser, not `dockreg::haproxy::admin`'s nor the test kit's:
-/// the scale run times how soon HAProxy shows a change, and must not measure with the code it
-/// measures.
-fn server_state(text: &str, name: &str) -> Option<ServerState> {
-    text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() < 8 || f[3] != name || f[0].starts_with('#') {
-            return None;
-        }
-        Some(ServerState {
-            op: f[5].parse().ok()?,
-            admin: f[6].parse().ok()?,
-            weight: f[7].parse().ok()?,
-        })
-    })
-}
-
 /// Watches the output file: its text when its size or modification time changed.
 struct FileWatch {
     path: PathBuf,
@@ -1130,7 +610,7 @@ struct ScaleRun {
 }
 
 async fn scale_run(runtime: bool) -> Result<ScaleRun> {
-    let mut rig = Rig::start("scale").await?;
+    let mut rig = Rig::start("hitless-scale").await?;
     let mut run = ScaleRun::default();
     // The default template, per service (`BENCH_SCALE_TEMPLATE` names another), without
     // `check`: 10,000 health checks would only measure them.
@@ -1161,13 +641,7 @@ async fn scale_run(runtime: bool) -> Result<ScaleRun> {
     let t0 = Instant::now();
     rig.put_all(&keys).await?;
     run.load_s = t0.elapsed().as_secs_f64();
-    let mut args = rig.watcher_args(runtime);
-    args.extend([
-        "--prefix".into(),
-        prefixes,
-        "--template".into(),
-        template.display().to_string(),
-    ]);
+    let mut args = rig.watcher_args_with(runtime, &prefixes, &template);
     if runtime {
         args.extend(["--drain-timeout".into(), SCALE_DRAIN.into()]);
     }
@@ -1374,34 +848,58 @@ async fn scale(runtime_available: bool) -> Result<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 4. A stream of changes.
 
-/// Whether the built watcher has the runtime-API flags.
-fn runtime_flags_available() -> Result<bool> {
-    let out = Command::new(WATCHER)
-        .arg("--help")
-        .output()
-        .with_context(|| format!("running {WATCHER} --help (cargo build --release first)"))?;
-    Ok(String::from_utf8_lossy(&out.stdout).contains("--runtime-socket"))
+async fn stream(runtime_available: bool) -> Result<String> {
+    let mut out = String::new();
+    writeln!(
+        out,
+        "### 4. A stream of changes: etcd write → traffic through HAProxy, a change every {} ms\n",
+        STREAM_PERIOD.as_millis()
+    )?;
+    if !runtime_available {
+        writeln!(
+            out,
+            "- **not run**: `{WATCHER} --help` has no `--runtime-socket`"
+        )?;
+        return Ok(out);
+    }
+    eprintln!(
+        "bench: stream, a change every {} ms: {STREAM_PAIRS} puts + {STREAM_PAIRS} deletes ...",
+        STREAM_PERIOD.as_millis()
+    );
+    let run = latency_run("stream", true, STREAM_PAIRS, Pace::Every(STREAM_PERIOD)).await?;
+    let run = LatencyRun {
+        label: "fast (runtime API), stream",
+        target: "p50 ≤ 5, p99 ≤ 15",
+        ..run
+    };
+    writeln!(out, "- `{}`", run.command)?;
+    writeln!(
+        out,
+        "- as in 1 (fast path), but a change every {} ms from the previous write — closer than \
+         the 100 ms `--debounce` — or at once when the previous change took longer to be seen \
+         (each change is timed alone)",
+        STREAM_PERIOD.as_millis()
+    )?;
+    writeln!(out)?;
+    latency_table(&mut out, std::slice::from_ref(&run))?;
+    Ok(out)
 }
+
+// ---------------------------------------------------------------------------------------------
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let sections: Vec<String> = std::env::args().skip(1).collect();
     let all = sections.is_empty() || sections.iter().any(|s| s == "all");
     for s in &sections {
-        if !["latency", "churn", "scale", "all"].contains(&s.as_str()) {
-            bail!("unknown section {s:?}: use latency, churn, scale or all");
+        if !["latency", "churn", "scale", "stream", "all"].contains(&s.as_str()) {
+            bail!("unknown section {s:?}: use latency, churn, scale, stream or all");
         }
     }
     let wanted = |s: &str| all || sections.iter().any(|x| x == s);
-    for f in [WATCHER, BACKEND_BIN, BASE_CONFIG, DEFAULT_TEMPLATE] {
-        if !Path::new(f).exists() {
-            bail!(
-                "{f} not found: run from the repository root after \
-                 `cargo build --release --bin dockreg-haproxy --examples`"
-            );
-        }
-    }
+    check_built(&[WATCHER, BACKEND_BIN, BASE_CONFIG, DEFAULT_TEMPLATE])?;
     let runtime = runtime_flags_available()?;
     if !runtime {
         eprintln!("bench: {WATCHER} has no --runtime-socket yet: fast-path runs are skipped");
@@ -1420,6 +918,9 @@ async fn main() -> Result<()> {
     }
     if wanted("scale") {
         println!("{}", scale(runtime).await?);
+    }
+    if wanted("stream") {
+        println!("{}", stream(runtime).await?);
     }
     println!("Total: {:.0} s", started.elapsed().as_secs_f64());
     Ok(())

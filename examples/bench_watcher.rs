@@ -2,7 +2,7 @@
 //! until the live output file reflects it, with 1 to 100,000 endpoints registered, and the
 //! watcher's peak RSS. Prints figures; asserts nothing.
 //!
-//! Two modes:
+//! Two modes of isolated changes:
 //! - `render`: rendering alone (`--no-validate`, no reload), endpoints on 10.0.0.0/8 — no
 //!   traffic is ever sent to them, nothing but the watcher reads them;
 //! - `full`: `haproxy -c` validation and a reload through the master socket of a real HAProxy
@@ -13,6 +13,7 @@
 //! cargo run --release --example bench_watcher                 # both modes, default sizes
 //! cargo run --release --example bench_watcher -- render 1 10000
 //! cargo run --release --example bench_watcher -- full 1 1000
+//! cargo run --release --example bench_watcher -- stream      # a change every 50 ms
 //! ```
 //!
 //! Besides the latency from issuing the put/delete, it prints etcd's own share — from issuing
@@ -21,12 +22,17 @@
 //!
 //! Changes are spaced 150 ms apart, longer than the default 100 ms debounce, so each one is
 //! an isolated change that the watcher applies at once (a burst would be coalesced).
+//!
+//! A third mode, `stream`, is what a rolling deploy looks like to one service: one endpoint key
+//! under `/service`, put and deleted in turn, a change every 50 ms (200 changes), render only
+//! as `render`. Each write is issued 50 ms after the previous one, or as soon as the previous
+//! one reached the file if that took longer, and is timed until the file reflects it.
 
 #[path = "common/mod.rs"]
 mod common;
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use common::{p50_p99, peak_rss_kb, start_etcd, WATCHER};
+use common::{max, ms, p50_p99, peak_rss_kb, start_etcd, WATCHER};
 use dockreg_testkit::haproxy::Haproxy;
 use dockreg_testkit::Guard;
 use etcd_client::{Client, Txn, TxnOp};
@@ -35,6 +41,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const GAP: Duration = Duration::from_millis(150);
+/// The stream mode: a change every 50 ms (closer together than the debounce), 200 changes.
+const STREAM_PERIOD: Duration = Duration::from_millis(50);
+const STREAM_CHANGES: usize = 200;
 
 /// Address of endpoint `i`: 10.x.y.z for render mode, closed loopback ports for full mode.
 fn endpoint(i: usize, full: bool) -> String {
@@ -108,8 +117,21 @@ struct Row {
     rss_mb: f64,
 }
 
-async fn bench(mode: &'static str, n: usize, samples: usize) -> Result<Row> {
-    let full = mode == "full";
+/// One run's etcd (with its `n` endpoints), HAProxy in full mode, and the watcher, which has
+/// rendered them. Fields drop in this order: the watcher stops first.
+struct Setup {
+    _watcher: Guard,
+    pid: u32,
+    client: Client,
+    output: PathBuf,
+    haproxy: Option<Haproxy>,
+    _etcd: dockreg_testkit::etcd::Etcd,
+    _dir: tempfile::TempDir,
+    /// The watcher's arguments, temporary paths as `$DIR` and etcd's URL as `$ETCD`.
+    shown: String,
+}
+
+async fn setup(full: bool, n: usize) -> Result<Setup> {
     let dir = tempfile::tempdir()?;
     let etcd = start_etcd(dir.path()).await;
     let (url, mut client) = (etcd.url(), etcd.client().await);
@@ -149,21 +171,39 @@ async fn bench(mode: &'static str, n: usize, samples: usize) -> Result<Row> {
         .spawn()
         .with_context(|| format!("starting {WATCHER} (cargo build --release first)"))?;
     let pid = watcher.id();
-    let _watcher = Guard(watcher);
+    let watcher = Guard(watcher);
     let count_servers = move |t: &str| t.matches("\n    server ").count();
     wait_file(&output, move |t| count_servers(t) == n).await?;
-    let master = haproxy.as_ref().map(|h| dockreg::haproxy::MasterSocket {
-        path: h.master_socket.clone(),
-        timeout: Duration::from_secs(30),
-    });
-    // An independent watch: when etcd delivers each change to a watcher.
+    let shown = std::iter::once("dockreg-haproxy".to_string())
+        .chain(args.iter().map(|a| {
+            a.replace(&dir.path().display().to_string(), "$DIR")
+                .replace(&url, "$ETCD")
+        }))
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok(Setup {
+        _dir: dir,
+        _etcd: etcd,
+        client,
+        output,
+        haproxy,
+        pid,
+        _watcher: watcher,
+        shown,
+    })
+}
+
+/// An independent watch of `/service/`: when etcd delivers each change to a watcher.
+async fn watch_events(
+    client: &mut Client,
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<Instant>> {
     let mut stream = client
         .watch(
             "/service/",
             Some(etcd_client::WatchOptions::new().with_prefix()),
         )
         .await?;
-    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok(Some(resp)) = stream.message().await {
             let now = Instant::now();
@@ -172,6 +212,48 @@ async fn bench(mode: &'static str, n: usize, samples: usize) -> Result<Row> {
             }
         }
     });
+    Ok(ev_rx)
+}
+
+/// Puts `key` (or deletes it) and waits until the output file holds `needle` (or no longer
+/// does): when the write was issued, when the file showed it, and when etcd delivered the
+/// event to the independent watch.
+async fn change(
+    client: &mut Client,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<Instant>,
+    output: &Path,
+    key: &str,
+    needle: &str,
+    put: bool,
+) -> Result<(Instant, Instant, Instant)> {
+    let t0 = Instant::now();
+    if put {
+        client.put(key, "running", None).await?;
+    } else {
+        client.delete(key, None).await?;
+    }
+    let want = needle.to_string();
+    let seen = wait_file(output, move |t| t.contains(&want) == put).await?;
+    let event = events
+        .recv()
+        .await
+        .ok_or_else(|| anyhow!("bench watch ended"))?;
+    Ok((t0, seen, event))
+}
+
+async fn bench(mode: &'static str, n: usize, samples: usize) -> Result<Row> {
+    let full = mode == "full";
+    let mut world = setup(full, n).await?;
+    let (output, pid) = (world.output.clone(), world.pid);
+    let master = world
+        .haproxy
+        .as_ref()
+        .map(|h| dockreg::haproxy::MasterSocket {
+            path: h.master_socket.clone(),
+            timeout: Duration::from_secs(30),
+        });
+    let client = &mut world.client;
+    let mut ev_rx = watch_events(client).await?;
     let (mut lat, mut etcd_lat, mut own_lat) = (Vec::new(), Vec::new(), Vec::new());
     tokio::time::sleep(Duration::from_millis(if full { 1000 } else { 300 })).await;
     for s in 0..samples {
@@ -183,18 +265,7 @@ async fn bench(mode: &'static str, n: usize, samples: usize) -> Result<Row> {
                 Some(m) => Some(m.show_proc().await.map_err(|e| anyhow!(e))?.reloads),
                 None => None,
             };
-            let t0 = Instant::now();
-            if put {
-                client.put(key.as_str(), "running", None).await?;
-            } else {
-                client.delete(key.as_str(), None).await?;
-            }
-            let want = needle.clone();
-            let seen = wait_file(&output, move |t| t.contains(&want) == put).await?;
-            let event = ev_rx
-                .recv()
-                .await
-                .ok_or_else(|| anyhow!("bench watch ended"))?;
+            let (t0, seen, event) = change(client, &mut ev_rx, &output, &key, &needle, put).await?;
             etcd_lat.push(event.duration_since(t0).as_secs_f64() * 1000.0);
             let mut done = seen;
             if let (Some(m), Some(before)) = (&master, reloads) {
@@ -232,17 +303,100 @@ async fn bench(mode: &'static str, n: usize, samples: usize) -> Result<Row> {
     })
 }
 
+/// What the stream mode measured.
+struct StreamRun {
+    command: String,
+    /// Per change: whether it was a put, write → file, write → etcd's event (ms).
+    changes: Vec<(bool, f64, f64)>,
+    /// Changes issued per second.
+    rate: f64,
+    rss_mb: f64,
+}
+
+/// One endpoint key under `/service`, put and deleted in turn: each change 50 ms after the
+/// previous write, or as soon as the previous one is in the file if that took longer; the time
+/// from issuing each write until the output file reflects it.
+async fn stream() -> Result<StreamRun> {
+    let mut world = setup(false, 0).await?;
+    let output = world.output.clone();
+    let client = &mut world.client;
+    let mut ev_rx = watch_events(client).await?;
+    let addr = endpoint(0, false);
+    let key = format!("/service/{addr}");
+    let needle = format!("server {} ", server_name(&addr));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut changes = Vec::new();
+    let started = Instant::now();
+    for i in 0..STREAM_CHANGES {
+        let put = i % 2 == 0;
+        let (t0, seen, event) = change(client, &mut ev_rx, &output, &key, &needle, put).await?;
+        changes.push((put, ms(seen - t0), ms(event.saturating_duration_since(t0))));
+        tokio::time::sleep_until((t0 + STREAM_PERIOD).into()).await;
+    }
+    let rate = STREAM_CHANGES as f64 / started.elapsed().as_secs_f64();
+    Ok(StreamRun {
+        command: world.shown.clone(),
+        changes,
+        rate,
+        rss_mb: peak_rss_kb(world.pid).unwrap_or(0) as f64 / 1024.0,
+    })
+}
+
+fn print_stream(r: &StreamRun) {
+    println!(
+        "### A stream of changes: etcd write → output file, a change every {} ms\n",
+        STREAM_PERIOD.as_millis()
+    );
+    println!("- `{}`", r.command);
+    println!(
+        "- one endpoint key under `/service`, put and deleted in turn; each write {} ms after \
+         the previous one, or at once when the previous change took longer to reach the file; \
+         {:.1} changes/s; watcher peak RSS {:.1} MB",
+        STREAM_PERIOD.as_millis(),
+        r.rate,
+        r.rss_mb
+    );
+    println!();
+    println!("| change | samples | p50 (ms) | p99 (ms) | max (ms) | etcd: write → watch event, p50 / p99 (ms) | target (p50) |");
+    println!("|---|---:|---:|---:|---:|---:|---|");
+    for (what, pick) in [("put", Some(true)), ("delete", Some(false)), ("all", None)] {
+        let rows: Vec<&(bool, f64, f64)> = r
+            .changes
+            .iter()
+            .filter(|c| pick.is_none_or(|p| c.0 == p))
+            .collect();
+        let file: Vec<f64> = rows.iter().map(|c| c.1).collect();
+        let etcd: Vec<f64> = rows.iter().map(|c| c.2).collect();
+        let (p50, p99) = p50_p99(file.clone());
+        let (e50, e99) = p50_p99(etcd);
+        println!(
+            "| {what} → file | {} | {p50:.2} | {p99:.2} | {:.2} | {e50:.2} / {e99:.2} | ≤ 5 |",
+            file.len(),
+            max(&file)
+        );
+    }
+    println!();
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let modes: Vec<&'static str> = match args.first().map(String::as_str) {
         Some("render") => vec!["render"],
         Some("full") => vec!["full"],
+        Some("stream") => vec![],
         _ => vec!["render", "full"],
     };
     let sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     if !Path::new(WATCHER).exists() {
         bail!("{WATCHER} not found: run `cargo build --release` first");
+    }
+    if modes.is_empty() {
+        eprintln!("bench: stream, a change every {STREAM_PERIOD:?}: {STREAM_CHANGES} changes ...");
+        let run = stream().await?;
+        println!("`target/release/examples/bench_watcher stream`\n");
+        print_stream(&run);
+        return Ok(());
     }
     let mut rows = Vec::new();
     for mode in modes {
