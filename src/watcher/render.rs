@@ -338,7 +338,13 @@ fn render_builtin(catalog: &Catalog, order: &[usize]) -> String {
     let services = catalog.services();
     let size: usize = order
         .iter()
-        .map(|&s| 80 + services[s].server_lines().iter().map(|l| l.len() + 1).sum::<usize>())
+        .map(|&s| {
+            80 + services[s]
+                .server_lines()
+                .iter()
+                .map(|l| l.len() + 1)
+                .sum::<usize>()
+        })
         .sum();
     let mut out = String::with_capacity(BUILTIN_HEADER.len() + size);
     out.push_str(BUILTIN_HEADER);

@@ -46,6 +46,9 @@ pub struct RuntimeApplier {
     generation: Arc<std::sync::atomic::AtomicU64>,
     /// The drain tasks (finished ones are reaped as new ones start).
     drains: Arc<Mutex<JoinSet<()>>>,
+    /// Held while a drain moves a server's address away and while a server is revived, so a
+    /// revived server never gets the unspecified address after its own is put back.
+    revive: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// How often a draining server's deletion is tried again.
@@ -59,6 +62,7 @@ impl RuntimeApplier {
             draining: Default::default(),
             generation: Default::default(),
             drains: Default::default(),
+            revive: Default::default(),
         }
     }
 
@@ -97,16 +101,22 @@ impl RuntimeApplier {
             match op {
                 Op::AddServer { backend, server } => {
                     let id = commands::id(backend, &server.name);
+                    let revive = self.revive.lock().await;
                     if self.take_draining(&id) {
-                        // Still there, in maintenance: bring it back instead of adding it.
+                        // Still there, in maintenance: bring it back instead of adding it,
+                        // with its address (a drain may have moved it away to close idle
+                        // connections).
                         let weight = server.weight.unwrap_or(HAPROXY_DEFAULT_WEIGHT);
+                        let addr = format!("{} port {}", server.addr, server.port);
+                        self.socket.exec(&commands::set_addr(&id, &addr)).await?;
                         self.socket.exec(&commands::set_weight(&id, weight)).await?;
                         if !server.is_disabled() {
                             self.socket.exec(&commands::set_ready(&id)).await?;
                         }
-                        commands += 2;
+                        commands += 3;
                         continue;
                     }
+                    drop(revive);
                     for cmd in commands::add_server(backend, server) {
                         self.socket.exec(&cmd).await?;
                         commands += 1;
@@ -226,7 +236,7 @@ impl RuntimeApplier {
                 tracing::error!(server = %id, last_answer = %answer.trim(), "HAProxy still refuses to delete the server; it stays in maintenance until the next reload");
                 break;
             }
-            if let Err(e) = self.purge_idle(&id).await {
+            if let Err(e) = self.purge_idle(&id, generation).await {
                 tracing::debug!(server = %id, error = %e, "cannot read the server's connections");
             }
             tokio::time::sleep(DRAIN_POLL).await;
@@ -241,7 +251,7 @@ impl RuntimeApplier {
     /// would otherwise keep `del server` refused: HAProxy drops them when the address
     /// changes, and the unspecified address is safe on a server in maintenance (no request and
     /// no health check goes to it).
-    async fn purge_idle(&self, id: &str) -> Result<(), AdminError> {
+    async fn purge_idle(&self, id: &str, generation: u64) -> Result<(), AdminError> {
         let Some((backend, _)) = id.split_once('/') else {
             return Ok(());
         };
@@ -253,6 +263,10 @@ impl RuntimeApplier {
             return Ok(());
         };
         if used == 0 && !addr.is_unspecified() {
+            let _revive = self.revive.lock().await;
+            if !self.still_draining(id, generation) {
+                return Ok(()); // revived meanwhile: its address stays
+            }
             let unspecified = if addr.is_ipv6() { "::" } else { "0.0.0.0" };
             let answer = self
                 .socket

@@ -249,3 +249,80 @@ async fn shutdown_waits_for_drains_then_abandons_them() {
     // Nothing running: no wait.
     applier.shutdown(Duration::from_secs(30)).await;
 }
+
+#[tokio::test]
+async fn a_server_revived_while_it_drains_gets_its_address_back() {
+    use crate::haproxy::config::parse;
+    use crate::haproxy::plan::Op;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("admin.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    // HAProxy as far as this goes: `del server` refused (an idle connection), the server's
+    // connections idle, every other command accepted; the commands are recorded.
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut s = tokio::io::BufReader::new(s);
+            let mut cmd = String::new();
+            s.read_line(&mut cmd).await.unwrap();
+            let cmd = cmd.trim().to_string();
+            let answer = if cmd.starts_with("del server") {
+                "Server still has connections attached to it, cannot remove it.\n\n".to_string()
+            } else if cmd.starts_with("show servers conn") {
+                "# bkname/svname bkid/svid addr port - purge_delay used_cur used_max need_est unsafe_nb safe_nb idle_lim idle_cur idle_per_thr[2]\nb/s 1/1 10.0.0.1 80 - 5000 0 1 0 0 0 -1 1 1 0\n\n".to_string()
+            } else {
+                "\n".to_string()
+            };
+            log.lock().unwrap().push(cmd);
+            s.get_mut().write_all(answer.as_bytes()).await.unwrap();
+        }
+    });
+    let socket = RuntimeSocket {
+        path,
+        timeout: Duration::from_secs(2),
+    };
+    let applier = RuntimeApplier::new(socket, Duration::from_secs(60));
+    applier.start_drain("b/s".into());
+    // The drain finds the server idle and moves its address away.
+    let moved = || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|c| c.starts_with("set server b/s addr 0.0.0.0"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !moved() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drain never moved the address"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let config = parse("backend b\n    server s 10.0.0.1:80 weight 3\n");
+    let server = config.sections[0].servers[0].clone();
+    let add = Op::AddServer {
+        backend: "b".into(),
+        server,
+    };
+    // The fake keeps the moved address in its answers; the drain must not move it again.
+    seen.lock().unwrap().clear();
+    // The read-back fails against this fake (no state); what matters is what was sent.
+    let _ = applier
+        .apply(&[add], &std::collections::BTreeMap::new())
+        .await;
+    let sent = seen.lock().unwrap().clone();
+    assert_eq!(
+        sent[..3],
+        [
+            "set server b/s addr 10.0.0.1 port 80",
+            "set server b/s weight 3",
+            "set server b/s state ready"
+        ],
+        "{sent:?}"
+    );
+    assert!(applier.draining().is_empty());
+}
