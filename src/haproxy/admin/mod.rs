@@ -6,7 +6,8 @@
 //! Each command uses its own connection (HAProxy's non-interactive mode: one line in, the
 //! answer until HAProxy closes); a command costs about 0.07 ms on loopback, so there is no
 //! gain in a session. HAProxy 2.6 answers a successful command with nothing or with one of a
-//! few fixed sentences (`SUCCESS_ANSWERS`); anything else is its error message.
+//! few fixed sentences (`SUCCESS_ANSWERS`, and `set server … addr`'s answers ending `by 'stats
+//! socket command'`); anything else is its error message.
 
 pub(crate) mod apply;
 pub(crate) mod commands;
@@ -27,6 +28,11 @@ use tokio::net::UnixStream;
 /// What HAProxy 2.6 answers to a command that worked (`add server`, `del server`; the others
 /// answer nothing).
 pub(crate) const SUCCESS_ANSWERS: [&str; 2] = ["New server registered.", "Server deleted."];
+
+/// How `set server <id> addr …` ends each answer that means it was done (`IP changed from
+/// '0.0.0.0' to '10.0.0.1', no need to change the port by 'stats socket command'`, or `no need
+/// to change the addr, …`).
+pub(crate) const SET_ADDR_DONE: &str = "by 'stats socket command'";
 
 /// `srv_admin_state` bit: forced maintenance (`set server … state maint`, `disable server`).
 pub(crate) const ADMIN_FORCED_MAINT: u32 = 0x01;
@@ -120,7 +126,8 @@ impl RuntimeSocket {
     pub async fn exec(&self, cmd: &str) -> Result<(), AdminError> {
         let answer = self.command(cmd).await?;
         let answer = answer.trim();
-        if answer.is_empty() || SUCCESS_ANSWERS.contains(&answer) {
+        if answer.is_empty() || SUCCESS_ANSWERS.contains(&answer) || answer.ends_with(SET_ADDR_DONE)
+        {
             Ok(())
         } else {
             Err(AdminError::Refused {

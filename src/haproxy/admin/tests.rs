@@ -178,7 +178,12 @@ async fn exec_tells_success_from_refusal() {
     let path = dir.path().join("admin.sock");
     let listener = tokio::net::UnixListener::bind(&path).unwrap();
     tokio::spawn(async move {
-        for answer in ["New server registered.\n\n", "\n", "No such server.\n\n"] {
+        for answer in [
+            "New server registered.\n\n",
+            "\n",
+            "IP changed from '0.0.0.0' to '10.0.0.1', no need to change the port by 'stats socket command'\n\n",
+            "No such server.\n\n",
+        ] {
             let (mut s, _) = listener.accept().await.unwrap();
             let mut buf = [0u8; 256];
             let _ = s.read(&mut buf).await.unwrap();
@@ -191,6 +196,9 @@ async fn exec_tells_success_from_refusal() {
     };
     sock.exec("add server b/s 10.0.0.1:80").await.unwrap();
     sock.exec("enable server b/s").await.unwrap();
+    sock.exec("set server b/s addr 10.0.0.1 port 80")
+        .await
+        .unwrap();
     let err = sock.exec("del server b/x").await.unwrap_err().to_string();
     assert!(
         err.contains("del server b/x") && err.contains("No such server"),
