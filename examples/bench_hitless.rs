@@ -14,7 +14,7 @@
 //! HAProxy and the watcher) and prints where it is.
 //!
 //! 1. **latency** — one server of `/service` is put and deleted again and again (spaced
-//!    beyond the debounce); a keep-alive client polls `GET /` through HAProxy's frontend back to
+//!    apart, each an isolated change); a keep-alive client polls `GET /` through HAProxy's frontend back to
 //!    back and takes the time from issuing the etcd write until the first answer from that
 //!    server (after a put) or the first `503` (after a delete). Once with the runtime-API fast
 //!    path (`--runtime-socket`), once through reloads only; the watcher's log tells how many
@@ -32,7 +32,7 @@
 //!    adds and deletes in one backend, timed on the admin socket (`show servers state`) and on
 //!    the output file.
 //! 4. **stream** — as the fast-path latency run, but a change every 50 ms (closer together than
-//!    the 100 ms debounce), each change issued 50 ms after the previous write or, when that one
+//!    what used to be the 100 ms debounce), each change issued 50 ms after the previous write or, when that one
 //!    took longer, as soon as it was seen.
 //!
 //! The rig (etcd, HAProxy, the watcher and its log), the polling client, `wrk`'s figures and
@@ -61,13 +61,13 @@ use std::time::{Duration, Instant};
 /// The default template in its per-service form (rendered per service, only what changed).
 const PER_SERVICE_TEMPLATE: &str = "templates/per-service.cfg.tera";
 
-/// Spacing of changes in the fast-path latency run (the debounce is 100 ms).
+/// Spacing of changes in the fast-path latency run: each change an isolated one.
 const FAST_GAP: Duration = Duration::from_millis(150);
 /// Spacing in the reload-path run: beyond the 500 ms minimum reload interval.
 const RELOAD_GAP: Duration = Duration::from_millis(700);
 const FAST_PAIRS: usize = 100;
 const RELOAD_PAIRS: usize = 30;
-/// The stream run: a change every 50 ms (closer together than the 100 ms debounce).
+/// The stream run: a change every 50 ms (closer together than the old 100 ms debounce).
 const STREAM_PERIOD: Duration = Duration::from_millis(50);
 const STREAM_PAIRS: usize = 100;
 /// How long one change may take to show before it counts as missed.
@@ -530,8 +530,8 @@ async fn churn(runtime_available: bool) -> Result<String> {
         writeln!(
             out,
             "- {:?}: {errors} errors in {requests} requests ({:.0} req/s); {} changes applied in \
-             {} applies (`--debounce` coalesces, `--debounce-max` 1 s; log counts include the \
-             reload at start); watcher log: {} warnings, {} errors",
+             {} applies (changes arriving during an apply go together in the next; log counts \
+             include the reload at start); watcher log: {} warnings, {} errors",
             r.kind,
             requests as f64 / r.secs as f64,
             r.changes,
@@ -878,7 +878,7 @@ async fn stream(runtime_available: bool) -> Result<String> {
     writeln!(
         out,
         "- as in 1 (fast path), but a change every {} ms from the previous write — closer than \
-         the 100 ms `--debounce` — or at once when the previous change took longer to be seen \
+         the old 100 ms debounce — or at once when the previous change took longer to be seen \
          (each change is timed alone)",
         STREAM_PERIOD.as_millis()
     )?;

@@ -20,8 +20,8 @@
 //! the change until an independent watch of the bench sees the event — and the watcher's
 //! share, from that event until the file reflects it.
 //!
-//! Changes are spaced 150 ms apart, longer than the default 100 ms debounce, so each one is
-//! an isolated change that the watcher applies at once (a burst would be coalesced).
+//! In `render` and `full`, changes are spaced 150 ms apart, so each one is an isolated change
+//! (before etcd changes applied at once, that was longer than the 100 ms debounce then).
 //!
 //! A third mode, `stream`, is what a rolling deploy looks like to one service: one endpoint key
 //! under `/service`, put and deleted in turn, a change every 50 ms (200 changes), render only
@@ -41,7 +41,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const GAP: Duration = Duration::from_millis(150);
-/// The stream mode: a change every 50 ms (closer together than the debounce), 200 changes.
+/// The stream mode: a change every 50 ms (closer together than the old debounce), 200 changes.
 const STREAM_PERIOD: Duration = Duration::from_millis(50);
 const STREAM_CHANGES: usize = 200;
 
@@ -282,7 +282,7 @@ async fn bench(mode: &'static str, n: usize, samples: usize) -> Result<Row> {
             }
             lat.push(done.duration_since(t0).as_secs_f64() * 1000.0);
             own_lat.push(done.saturating_duration_since(event).as_secs_f64() * 1000.0);
-            // Longer than the debounce and (full mode) the minimum reload interval.
+            // Isolated changes, and (full mode) beyond the minimum reload interval.
             tokio::time::sleep(if full {
                 Duration::from_millis(600)
             } else {
