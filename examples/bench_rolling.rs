@@ -23,7 +23,8 @@
 //! connections (a real fleet opens one per sidekick). Instance `i` belongs to service
 //! `i mod 50`: `service` (the base config's frontend routes there), whose 20 instances are
 //! real HTTP servers (`demo_backend`, one process each), and `svc01`…`svc49` on closed ports
-//! of 127.0.0.1, rendered by the shipped template with ` check` left out for them, so no
+//! of 127.0.0.1, rendered by the shipped per-service template (`templates/per-service.cfg.tera`;
+//! `BENCH_ROLLING_TEMPLATE=<file>` renders another) with ` check` left out for them, so no
 //! health check and no request ever reaches a closed port.
 //!
 //! **The run.** etcd idles for 10 s (its own cost, raft heartbeats and the like, is not counted
@@ -50,7 +51,7 @@ mod common;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use common::rig::{
-    admin, check_built, EtcdKind, Rig, BACKEND_BIN, BASE_CONFIG, DEFAULT_TEMPLATE, ID_PREFIX,
+    admin, check_built, EtcdKind, Rig, BACKEND_BIN, BASE_CONFIG, ID_PREFIX,
 };
 use common::server_state::{all_servers, server_state};
 use common::wrk::Wrk;
@@ -67,6 +68,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use tokio::task::{JoinHandle, JoinSet};
+
+/// The template the watcher renders, before ` check` is made conditional.
+const PER_SERVICE_TEMPLATE: &str = "templates/per-service.cfg.tera";
+
+/// The template to render: `BENCH_ROLLING_TEMPLATE`, or the shipped per-service one.
+fn template_source() -> String {
+    std::env::var("BENCH_ROLLING_TEMPLATE").unwrap_or_else(|_| PER_SERVICE_TEMPLATE.into())
+}
 
 const DEFAULT_INSTANCES: usize = 1000;
 const DEFAULT_SECS: f64 = 60.0;
@@ -461,15 +470,17 @@ async fn run(n: usize, secs: f64) -> Result<Figures> {
     tokio::time::sleep(IDLE).await;
     let idle_etcd = cpu_percent(&i0, &cpu_mark(&etcd_pids));
 
-    // The shipped template, with ` check` only for `service` (the real backends).
-    let text = std::fs::read_to_string(DEFAULT_TEMPLATE)
-        .with_context(|| format!("reading {DEFAULT_TEMPLATE}"))?;
+    // The shipped per-service template (`BENCH_ROLLING_TEMPLATE` names another, e.g. the
+    // whole-services default for a watcher older than per-service rendering), with ` check`
+    // only for `service` (the real backends).
+    let source = template_source();
+    let text = std::fs::read_to_string(&source).with_context(|| format!("reading {source}"))?;
     let template_text = text.replace(
         " check weight ",
         "{% if name == \"service\" %} check{% endif %} weight ",
     );
     if template_text == text {
-        bail!("{DEFAULT_TEMPLATE}: no ` check weight ` to make conditional");
+        bail!("{source}: no ` check weight ` to make conditional");
     }
     let template = rig.dir.join("templates").join("rolling.cfg.tera");
     std::fs::create_dir_all(template.parent().unwrap_or(&rig.dir))?;
@@ -805,8 +816,9 @@ fn report(f: &Figures) -> Result<String> {
     writeln!(out, "- `{}`", f.command)?;
     writeln!(
         out,
-        "- `$ETCD`: the three members of the etcd cluster; template: `{DEFAULT_TEMPLATE}` with \
-         ` check` only for `service`"
+        "- `$ETCD`: the three members of the etcd cluster; template: `{}` with ` check` only \
+         for `service`",
+        template_source()
     )?;
     writeln!(
         out,
@@ -1028,9 +1040,8 @@ fn report(f: &Figures) -> Result<String> {
          changes (a put and a revoke; with the lease grant, 3N raft writes), each delivered to \
          every watcher of the prefix. etcd: {:.1} % idle (leader {:.1}), + {:.2} % per 1,000 \
          keepalives/s (leader {:.2}), + {:.2} % per change/s (leader {:.2}), from the idle, \
-         keepalive and restart phases. Watcher: {:.3} % per change/s (today's pipeline applies \
-         in batches and renders every service each time, so this holds only while the batches \
-         stay as they were here). % are of one core of this machine.\n",
+         keepalive and restart phases. Watcher: {:.3} % per change/s (with a per-service \
+         template a change renders one service, so this holds while services stay this size). % are of one core of this machine.\n",
         m.secs,
         Model::sum(&m.idle),
         m.idle[leader],
@@ -1157,7 +1168,7 @@ async fn main() -> Result<()> {
     if secs <= 0.0 {
         bail!("BENCH_ROLLING_SECS={secs}: must be above 0");
     }
-    check_built(&[WATCHER, BACKEND_BIN, BASE_CONFIG, DEFAULT_TEMPLATE])?;
+    check_built(&[WATCHER, BACKEND_BIN, BASE_CONFIG, PER_SERVICE_TEMPLATE])?;
     let started = Instant::now();
     let mut command = String::from("target/release/examples/bench_rolling");
     for var in ["BENCH_ROLLING_INSTANCES", "BENCH_ROLLING_SECS"] {

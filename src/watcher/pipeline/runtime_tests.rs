@@ -106,7 +106,7 @@ async fn a_change_right_after_a_reload_is_not_held_back() {
     let (mut s, _rt) = started().await;
     let now = Instant::now();
     s.p.handle(put("/service/10.0.0.2:80", "running"), now);
-    // The first change came just before: debounced, but not held for the reload interval.
+    // A change right after the first reload: due at once, not held for the reload interval.
     let due = s.p.next_due().unwrap();
     assert!(
         due < now + Duration::from_millis(300),
