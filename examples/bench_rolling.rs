@@ -50,9 +50,7 @@
 mod common;
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use common::rig::{
-    admin, check_built, EtcdKind, Rig, BACKEND_BIN, BASE_CONFIG, ID_PREFIX,
-};
+use common::rig::{admin, check_built, EtcdKind, Rig, BACKEND_BIN, BASE_CONFIG, ID_PREFIX};
 use common::server_state::{all_servers, server_state};
 use common::wrk::Wrk;
 use common::{cpu_seconds, max, ms, p50_p99, peak_rss_kb, WATCHER};

@@ -413,14 +413,7 @@ mod tests {
         }])
         .unwrap();
         let mut native = default_renderer();
-        let prefixes = ["/service", "/api", "/z/web", "/empty"];
-        let mut c = Catalog::new(
-            prefixes
-                .iter()
-                .map(|p| ServicePrefix::parse(p).unwrap())
-                .collect(),
-        )
-        .unwrap();
+        let mut c = catalog_of(&["/service", "/api", "/z/web", "/empty"]);
         assert_eq!(
             native.render_all(&mut c),
             tera.render_all(&mut c),
@@ -444,15 +437,19 @@ mod tests {
         .unwrap()
     }
 
-    fn three_services() -> Catalog {
-        let prefixes = ["/web", "/api", "/z/db"];
-        let mut c = Catalog::new(
+    /// An empty catalog of these prefixes.
+    fn catalog_of(prefixes: &[&str]) -> Catalog {
+        Catalog::new(
             prefixes
                 .iter()
                 .map(|p| ServicePrefix::parse(p).unwrap())
                 .collect(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    fn three_services() -> Catalog {
+        let mut c = catalog_of(&["/web", "/api", "/z/db"]);
         c.put(0, b"/web/10.0.0.2:8080", br#"{"weight":7}"#);
         c.put(0, b"/web/[2001:db8::1]:80", b"running");
         c.put(1, b"/api/10.0.0.1:1", br#"{"weight":0,"tags":["x"]}"#);

@@ -206,35 +206,47 @@ async fn exec_tells_success_from_refusal() {
     );
 }
 
-#[tokio::test]
-async fn shutdown_waits_for_drains_then_abandons_them() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
+/// A fake HAProxy admin socket in `dir`: each connection gets one command (a line) and the
+/// answer `answer` gives it.
+fn fake_admin(
+    dir: &std::path::Path,
+    answer: impl Fn(&str) -> String + Send + 'static,
+) -> RuntimeSocket {
     use tokio::io::AsyncBufReadExt;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("admin.sock");
+    let path = dir.join("admin.sock");
     let listener = tokio::net::UnixListener::bind(&path).unwrap();
-    // HAProxy refuses `del server` until `drained` is set.
-    let drained = Arc::new(AtomicBool::new(false));
-    let flag = drained.clone();
     tokio::spawn(async move {
         loop {
             let (s, _) = listener.accept().await.unwrap();
             let mut s = tokio::io::BufReader::new(s);
             let mut cmd = String::new();
             s.read_line(&mut cmd).await.unwrap();
-            let answer = match cmd.starts_with("del server") {
-                true if flag.load(Ordering::SeqCst) => "Server deleted.\n\n",
-                true => "Server still has connections attached to it, cannot remove it.\n\n",
-                false => "\n",
-            };
-            s.get_mut().write_all(answer.as_bytes()).await.unwrap();
+            let reply = answer(cmd.trim());
+            s.get_mut().write_all(reply.as_bytes()).await.unwrap();
         }
     });
-    let socket = RuntimeSocket {
+    RuntimeSocket {
         path,
         timeout: Duration::from_secs(2),
-    };
+    }
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_drains_then_abandons_them() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    // HAProxy refuses `del server` until `drained` is set.
+    let drained = Arc::new(AtomicBool::new(false));
+    let flag = drained.clone();
+    let socket = fake_admin(dir.path(), move |cmd| {
+        match cmd.starts_with("del server") {
+            true if flag.load(Ordering::SeqCst) => "Server deleted.\n\n",
+            true => "Server still has connections attached to it, cannot remove it.\n\n",
+            false => "\n",
+        }
+        .to_string()
+    });
     let applier = RuntimeApplier::new(socket, Duration::from_secs(60));
     // A drain that does not end within the grace period is abandoned.
     applier.start_drain("b/s1".into());
@@ -263,36 +275,21 @@ async fn a_server_revived_while_it_drains_gets_its_address_back() {
     use crate::haproxy::config::parse;
     use crate::haproxy::plan::Op;
     use std::sync::{Arc, Mutex};
-    use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("admin.sock");
-    let listener = tokio::net::UnixListener::bind(&path).unwrap();
     // HAProxy as far as this goes: `del server` refused (an idle connection), the server's
     // connections idle, every other command accepted; the commands are recorded.
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
     let log = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = listener.accept().await.unwrap();
-            let mut s = tokio::io::BufReader::new(s);
-            let mut cmd = String::new();
-            s.read_line(&mut cmd).await.unwrap();
-            let cmd = cmd.trim().to_string();
-            let answer = if cmd.starts_with("del server") {
-                "Server still has connections attached to it, cannot remove it.\n\n".to_string()
-            } else if cmd.starts_with("show servers conn") {
-                "# bkname/svname bkid/svid addr port - purge_delay used_cur used_max need_est unsafe_nb safe_nb idle_lim idle_cur idle_per_thr[2]\nb/s 1/1 10.0.0.1 80 - 5000 0 1 0 0 0 -1 1 1 0\n\n".to_string()
-            } else {
-                "\n".to_string()
-            };
-            log.lock().unwrap().push(cmd);
-            s.get_mut().write_all(answer.as_bytes()).await.unwrap();
+    let socket = fake_admin(dir.path(), move |cmd| {
+        log.lock().unwrap().push(cmd.to_string());
+        if cmd.starts_with("del server") {
+            "Server still has connections attached to it, cannot remove it.\n\n".to_string()
+        } else if cmd.starts_with("show servers conn") {
+            "# bkname/svname bkid/svid addr port - purge_delay used_cur used_max need_est unsafe_nb safe_nb idle_lim idle_cur idle_per_thr[2]\nb/s 1/1 10.0.0.1 80 - 5000 0 1 0 0 0 -1 1 1 0\n\n".to_string()
+        } else {
+            "\n".to_string()
         }
     });
-    let socket = RuntimeSocket {
-        path,
-        timeout: Duration::from_secs(2),
-    };
     let applier = RuntimeApplier::new(socket, Duration::from_secs(60));
     applier.start_drain("b/s".into());
     // The drain finds the server idle and moves its address away.

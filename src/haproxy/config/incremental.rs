@@ -5,7 +5,7 @@
 //! blocks, is parsed whole. The result equals [`parse`](super::parse) of the new text (a
 //! property test holds them equal).
 
-use super::{parse_spans, Config};
+use super::{common_ends, parse_spans, Config};
 use std::sync::Arc;
 
 /// A configuration text, parsed, with where each section starts in it.
@@ -52,15 +52,7 @@ impl Parsed {
         if self.config.conditional {
             return None;
         }
-        let prefix = old.iter().zip(new).take_while(|(a, b)| a == b).count();
-        let max_suffix = old.len().min(new.len()) - prefix;
-        let suffix = old
-            .iter()
-            .rev()
-            .zip(new.iter().rev())
-            .take(max_suffix)
-            .take_while(|(a, b)| a == b)
-            .count();
+        let (prefix, suffix) = common_ends(old, new);
         // The first section touched: the last one starting before the first changed byte
         // (text inserted right at a section's start may belong to the section before it).
         let first = self.starts.iter().rposition(|&s| s < prefix)?;

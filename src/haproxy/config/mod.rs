@@ -216,6 +216,20 @@ pub(crate) fn parse_spans(text: &str) -> (Config, Vec<usize>) {
     (config, starts)
 }
 
+/// How many items `a` and `b` share at their start and, in what is left, at their end.
+pub(crate) fn common_ends<T: PartialEq>(a: &[T], b: &[T]) -> (usize, usize) {
+    let prefix = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let room = a.len().min(b.len()) - prefix;
+    let suffix = a
+        .iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take(room)
+        .take_while(|(x, y)| x == y)
+        .count();
+    (prefix, suffix)
+}
+
 /// A `server` line as a [`Server`], or why it cannot be one.
 fn parse_server(words: &[String]) -> Result<Server, &'static str> {
     let (Some(name), Some(addr)) = (words.get(1), words.get(2)) else {

@@ -143,15 +143,7 @@ fn shown(words: &[String]) -> String {
 
 /// The first difference between two directive lists, for a reason.
 fn describe(old: &[Directive], new: &[Directive]) -> String {
-    let prefix = old.iter().zip(new).take_while(|(a, b)| a == b).count();
-    let room = old.len().min(new.len()) - prefix;
-    let suffix = old
-        .iter()
-        .rev()
-        .zip(new.iter().rev())
-        .take(room)
-        .take_while(|(a, b)| a == b)
-        .count();
+    let (prefix, suffix) = crate::haproxy::config::common_ends(old, new);
     let old_mid = old.get(prefix..old.len() - suffix).unwrap_or_default();
     let new_mid = new.get(prefix..new.len() - suffix).unwrap_or_default();
     let note = |d: &Directive| {
