@@ -12,7 +12,7 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = WatcherArgs::parse();
-    init_logging(args.log_format);
+    init_logging(args.log_format, args.log_level.as_deref());
     match run(args, shutdown_signal()).await {
         Ok(code) => code,
         Err(fatal) => fatal.report(WatcherArgs::command()),

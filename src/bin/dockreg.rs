@@ -2,30 +2,30 @@
 
 #![forbid(unsafe_code)]
 
-use clap::{parser::ValueSource, CommandFactory, FromArgMatches};
+use clap::{parser::ValueSource, FromArgMatches};
 use dockreg::core::process::Fatal;
 use dockreg::sidekick::{run, stop_signal, SidekickArgs};
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let matches = SidekickArgs::command().get_matches();
+    let matches = SidekickArgs::command_line().get_matches();
     let args = match SidekickArgs::from_arg_matches(&matches) {
         Ok(a) => a,
         Err(e) => e.exit(),
     };
-    dockreg::core::process::init_logging(args.log_format);
+    dockreg::core::process::init_logging(args.log_format, args.log_level.as_deref());
     // The watcher may default to a local etcd; a sidekick must be told where etcd is.
     if matches.value_source("endpoints") == Some(ValueSource::DefaultValue) {
         return Fatal::usage(anyhow::anyhow!(
             "--etcd is required (or DOCKREG_ETCD): the etcd endpoints, comma-separated"
         ))
-        .report(SidekickArgs::command());
+        .report(SidekickArgs::command_line());
     }
     // The app's own exit status in wrapper mode; a fatal error is shown once (exit 2 for a
     // usage error, 1 for a runtime failure).
     match run(args, stop_signal()).await {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        Err(fatal) => fatal.report(SidekickArgs::command()),
+        Err(fatal) => fatal.report(SidekickArgs::command_line()),
     }
 }

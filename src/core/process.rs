@@ -10,9 +10,11 @@ pub enum LogFormat {
 
 /// Structured logs on stderr; `RUST_LOG` overrides the default level (`info`). Colours only
 /// when stderr is a terminal, so log files and journald get plain `key=value` text.
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+pub fn init_logging(format: LogFormat, level: Option<&str>) {
+    let filter = level
+        .and_then(|l| tracing_subscriber::EnvFilter::try_new(l).ok())
+        .or_else(|| tracing_subscriber::EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -21,6 +23,24 @@ pub fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Checks a `--log-level` value: a level (`debug`) or a filter (`dockreg=debug,info`).
+pub fn parse_log_level(value: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let simple = !value.contains(['=', ',', '[']);
+    if simple && !LEVELS.contains(&value.trim().to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "\"{value}\" is not a level; use one of {} or a filter such as dockreg=debug,info",
+            LEVELS.join(", ")
+        ));
+    }
+    match tracing_subscriber::EnvFilter::try_new(value) {
+        Ok(_) => Ok(value.to_string()),
+        Err(e) => Err(format!(
+            "not a level or filter ({e}); use e.g. info, debug, warn"
+        )),
     }
 }
 
@@ -101,6 +121,31 @@ impl std::fmt::Display for Fatal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Usage(e) | Self::Runtime(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_levels_and_filters_are_taken_and_typos_refused() {
+        for ok in [
+            "debug",
+            "WARN",
+            "off",
+            "dockreg=debug,info",
+            "info,tower=warn",
+        ] {
+            assert_eq!(parse_log_level(ok).as_deref(), Ok(ok), "{ok}");
+        }
+        for bad in ["debg", "", "verbose"] {
+            let e = parse_log_level(bad).unwrap_err();
+            assert!(
+                e.contains("not a level") && e.contains("debug"),
+                "{bad}: {e}"
+            );
         }
     }
 }

@@ -17,9 +17,10 @@ pub(crate) enum CheckKind {
     Http,
 }
 
-/// Register this container's published port in etcd while the app is healthy.
+/// dockreg: the registration sidekick — register this container's published port in etcd
+/// while the app is healthy, and take it away at once when it is not.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "dockreg", version, about, long_about = None)]
+#[command(name = "dockreg", version, long_about = None)]
 pub struct SidekickArgs {
     #[command(flatten)]
     pub(crate) etcd: EtcdArgs,
@@ -99,12 +100,26 @@ pub struct SidekickArgs {
     #[arg(long, env = "DOCKREG_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
+    /// Log level or filter (`debug`, `warn`, `dockreg=debug,info`); overrides RUST_LOG.
+    #[arg(long, env = "DOCKREG_LOG_LEVEL", value_parser = crate::core::process::parse_log_level)]
+    pub log_level: Option<String>,
+
     /// Wrapper mode: the app command to start as a child (after `--`).
     #[arg(last = true)]
     pub(crate) command: Vec<String>,
 }
 
 impl SidekickArgs {
+    /// The command line as `dockreg` parses it: `--etcd` has no default to show (a sidekick
+    /// must be told where etcd is; `run` refuses the watcher's local default).
+    pub fn command_line() -> clap::Command {
+        use clap::CommandFactory;
+        Self::command().mut_arg("endpoints", |a| {
+            a.hide_default_value(true)
+                .help("etcd endpoints, comma-separated (several members of one cluster); required")
+        })
+    }
+
     /// The service prefix named by `--key`.
     pub(crate) fn prefix(&self) -> Result<ServicePrefix, crate::core::keys::PrefixError> {
         ServicePrefix::parse(&self.key)

@@ -144,6 +144,25 @@ fn certificate_error(e: anyhow::Error, args: &SidekickArgs) -> anyhow::Error {
     ))
 }
 
+/// Outside wrapper mode a SIGHUP (a `systemctl reload`, a terminal closing) has no app to go
+/// to and nothing to reload: logged and ignored rather than stopping the sidekick without
+/// revoking its lease.
+fn ignore_hangup() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP ignored: the sidekick has nothing to reload");
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGHUP; a SIGHUP would stop the sidekick")
+        }
+    }
+}
+
 /// Runs the sidekick until `shutdown` resolves or, in wrapper mode, the app exits; returns
 /// the process exit code (the app's status in wrapper mode, else 0).
 ///
@@ -187,6 +206,7 @@ pub async fn run(
     let mut forwarded = if app.is_some() {
         forwarded_signals()?
     } else {
+        ignore_hangup();
         Vec::new()
     };
     let (fwd_tx, mut fwd_rx) = mpsc::channel::<Signal>(8);

@@ -9,9 +9,14 @@ use anyhow::{bail, Result};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Watch etcd for service endpoints and keep HAProxy's backends in step with them.
+/// Where the rendered backends go without `--output`: under HAProxy's own folder, so it
+/// survives a reboot.
+pub const DEFAULT_OUTPUT: &str = "/etc/haproxy/dockreg/backends.cfg";
+
+/// dockreg-haproxy: watch etcd for service endpoints and keep HAProxy's backends in step with
+/// them (runtime API for server changes, a validated reload for the rest).
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "dockreg-haproxy", version, about, long_about = None)]
+#[command(name = "dockreg-haproxy", version, long_about = None)]
 pub struct WatcherArgs {
     #[command(flatten)]
     pub etcd: EtcdArgs,
@@ -26,12 +31,14 @@ pub struct WatcherArgs {
     #[arg(long = "template", env = "DOCKREG_TEMPLATE", value_delimiter = ',')]
     pub templates: Vec<PathBuf>,
 
-    /// File each template renders to (HAProxy loads it with -f after the base config).
+    /// File each template renders to (HAProxy loads it with -f after the base config). Its
+    /// folder is created if missing. The default survives a reboot, so HAProxy, which starts
+    /// before the watcher, finds the last configuration.
     #[arg(
         long = "output",
         env = "DOCKREG_OUTPUT",
         value_delimiter = ',',
-        default_value = "/run/dockreg/backends.cfg"
+        default_value = DEFAULT_OUTPUT
     )]
     pub outputs: Vec<PathBuf>,
 
@@ -110,6 +117,10 @@ pub struct WatcherArgs {
     /// Log format.
     #[arg(long, env = "DOCKREG_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Log level or filter (`debug`, `warn`, `dockreg=debug,info`); overrides RUST_LOG.
+    #[arg(long, env = "DOCKREG_LOG_LEVEL", value_parser = crate::core::process::parse_log_level)]
+    pub log_level: Option<String>,
 }
 
 impl WatcherArgs {

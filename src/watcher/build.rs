@@ -26,21 +26,19 @@ pub(crate) fn build(args: &WatcherArgs) -> Result<WatcherPipeline, Fatal> {
         Renderer::new(args.template_specs().map_err(Fatal::usage)?).map_err(Fatal::usage)?;
     let prefixes = args.service_prefixes().map_err(Fatal::usage)?;
     let catalog = Catalog::with_views(prefixes, renderer.views()).map_err(Fatal::usage)?;
-    for spec in renderer.specs() {
-        if let Some(dir) = spec.output.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !dir.is_dir() {
-                return Err(Fatal::usage(anyhow!(
-                    "--output {}: folder {} does not exist",
-                    spec.output.display(),
-                    dir.display()
-                )));
-            }
+    // --dry-run touches nothing: a missing folder only means there is no live file yet.
+    if !args.dry_run {
+        for spec in renderer.specs() {
+            create_output_folder(&spec.output).map_err(Fatal::usage)?;
         }
     }
     for warning in args.deprecations() {
         tracing::warn!("{warning}");
     }
     let reloader = reloader(args);
+    if reloader.is_none() && !args.dry_run {
+        tracing::warn!("no reload method (--master-socket or --reload-cmd): the outputs are written and checked, but HAProxy is not told; it loads them only when something else reloads it");
+    }
     let runtime = runtime_path(args, reloader.is_some()).map_err(Fatal::usage)?;
     let validator = validator(args).map_err(Fatal::usage)?;
     let pipeline = Pipeline::new(catalog, renderer, validator, reloader, args.timing())
@@ -49,6 +47,26 @@ pub(crate) fn build(args: &WatcherArgs) -> Result<WatcherPipeline, Fatal> {
         Some(rt) => pipeline.with_runtime(Box::new(rt)),
         None => pipeline,
     })
+}
+
+/// Creates the folder of an `--output` if it is missing (the default, under `/etc/haproxy`,
+/// on a machine where it was never used).
+fn create_output_folder(output: &std::path::Path) -> Result<()> {
+    let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| {
+        anyhow!(
+            "--output {}: cannot create its folder {}: {e}",
+            output.display(),
+            dir.display()
+        )
+    })?;
+    tracing::info!(folder = %dir.display(), output = %output.display(), "created the output folder");
+    Ok(())
 }
 
 /// How HAProxy is reloaded, if at all (`--master-socket` or `--reload-cmd`).

@@ -1,6 +1,6 @@
 //! Watch mode wiring, and the watcher's entry point [`run`].
 //!
-//! Four supervised workers ([`Workers`]) share one cancellation token:
+//! Five supervised workers ([`Workers`]) share one cancellation token:
 //!
 //! ```text
 //! etcd source ──WatchEvent──► etcd forwarder ──┐
@@ -12,6 +12,7 @@
 //! - **etcd forwarder**: its events into the pipeline's input channel;
 //! - **template watch**: owns the notify watcher; the changed template paths its callback
 //!   queues into the pipeline's input channel (only when `--template` is given);
+//! - **SIGHUP**: re-reads every template on `systemctl reload` (a SIGHUP never stops it);
 //! - **pipeline**: [`Pipeline::run`](crate::watcher::pipeline::Pipeline::run), the one task
 //!   that owns all state.
 //!
@@ -84,6 +85,15 @@ async fn watch(
         .template_paths()
         .map(Into::into)
         .collect();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hup) => {
+            let work = reread_on_hangup(hup, templates.clone(), tx.clone(), token.clone());
+            workers.spawn("SIGHUP", work);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGHUP; a SIGHUP would stop the watcher")
+        }
+    }
     let (changed_tx, changed_rx) = mpsc::unbounded_channel();
     if let Some(watcher) = watch_templates(templates, changed_tx)? {
         let work = forward_templates(watcher, changed_rx, tx, token.clone());
@@ -135,6 +145,36 @@ async fn forward_etcd(
         };
         if !send_or_stop(&tx, Input::Etcd(event), &token).await? {
             return Ok(());
+        }
+    }
+}
+
+/// SIGHUP (`systemctl reload`): re-reads every template, as if each had changed on disk
+/// (a broken one keeps its last good version, as always); never stops the watcher.
+async fn reread_on_hangup(
+    mut hup: tokio::signal::unix::Signal,
+    templates: Vec<PathBuf>,
+    tx: mpsc::Sender<Input>,
+    token: CancellationToken,
+) -> Result<()> {
+    loop {
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => return Ok(()),
+            got = hup.recv() => if got.is_none() { return Ok(()) },
+        }
+        if templates.is_empty() {
+            tracing::info!("SIGHUP: nothing to re-read (the built-in template)");
+            continue;
+        }
+        tracing::info!(
+            templates = templates.len(),
+            "SIGHUP: re-reading the templates"
+        );
+        for path in &templates {
+            if !send_or_stop(&tx, Input::Template(path.clone()), &token).await? {
+                return Ok(());
+            }
         }
     }
 }

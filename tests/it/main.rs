@@ -6,6 +6,7 @@ mod faults_etcd;
 mod faults_watcher;
 mod harness;
 mod hitless;
+mod operability;
 mod promises;
 mod sidekick;
 mod sidekick_faults;

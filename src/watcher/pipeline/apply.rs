@@ -216,6 +216,10 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         runtime_outcome: &Option<Result<String, ApplyError>>,
     ) -> (Path, String, Option<String>) {
         let Some(routed) = routed else {
+            if !self.reload_enabled() {
+                let why = "no reload method: HAProxy is not told".to_string();
+                return (Path::NotTold, why, None);
+            }
             let why = "no --runtime-socket".to_string();
             return (Path::Reload, why.clone(), Some(why));
         };
@@ -271,6 +275,8 @@ pub(super) enum Path {
     Reload,
     /// Neither: the outputs changed only in ways HAProxy does not see (comments, order).
     Unseen,
+    /// Neither: no reload method is configured, so HAProxy is not told.
+    NotTold,
 }
 
 impl std::fmt::Display for Path {
@@ -278,7 +284,7 @@ impl std::fmt::Display for Path {
         f.write_str(match self {
             Path::Runtime => "runtime",
             Path::Reload => "reload",
-            Path::Unseen => "none",
+            Path::Unseen | Path::NotTold => "none",
         })
     }
 }

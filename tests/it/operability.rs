@@ -1,0 +1,190 @@
+//! Running it unattended: validation without a base configuration, an honest word when no
+//! reload method is set, the output folder made when missing and never by `--dry-run`,
+//! `--log-level`, each program's `--help`, and SIGHUP, which never stops either program.
+
+use crate::harness::*;
+use crate::sidekick::SIDEKICK;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// Runs the watcher once with `args` after `--etcd <url>`.
+fn watcher_once(w: &World, args: &[&str]) -> Output {
+    Command::new(WATCHER)
+        .arg("--etcd")
+        .arg(w.etcd.url())
+        .args(args)
+        .output()
+        .expect("run the watcher")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_without_a_base_config_checks_the_backends_alone_and_says_haproxy_is_not_told() {
+    let mut w = World::new().await;
+    w.put("/service/10.0.0.1:80", "running").await;
+    let out = w.path().join("alone.cfg");
+    let o = out.display().to_string();
+    // A valid render: HAProxy's "no error, but no listener" verdict is a pass.
+    let ok = watcher_once(&w, &["--once", "--output", &o]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(std::fs::read_to_string(&out)
+        .unwrap()
+        .contains("server 10.0.0.1_80 10.0.0.1:80"));
+    let log = stderr(&ok);
+    assert!(log.contains("no reload method"), "{log}");
+    assert!(!log.contains("path=reload"), "nothing was reloaded: {log}");
+    // An invalid one is refused with HAProxy's message, and the live file stays.
+    let before = std::fs::read_to_string(&out).unwrap();
+    let tpl = w.path().join("bad.cfg.tera");
+    std::fs::write(&tpl, "backend x\n    no_such_keyword 1\n").unwrap();
+    let t = tpl.display().to_string();
+    let bad = watcher_once(&w, &["--once", "--template", &t, "--output", &o]);
+    assert_eq!(bad.status.code(), Some(1), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("no_such_keyword"), "{}", stderr(&bad));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_output_folder_is_made_when_missing_but_never_by_a_dry_run() {
+    let mut w = World::new().await;
+    w.put("/service/10.0.0.1:80", "running").await;
+    let out = w.path().join("new").join("folder").join("backends.cfg");
+    let o = out.display().to_string();
+    let dry = watcher_once(&w, &["--dry-run", "--output", &o]);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("+    server 10.0.0.1_80"));
+    assert!(!w.path().join("new").exists(), "--dry-run touched nothing");
+    let once = watcher_once(&w, &["--once", "--no-validate", "--output", &o]);
+    assert!(once.status.success(), "{}", stderr(&once));
+    assert!(out.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_is_a_flag_and_a_variable_and_a_typo_is_a_usage_error() {
+    let mut w = World::new().await;
+    w.put("/service/10.0.0.1:80", "running").await;
+    let o = w.path().join("l.cfg").display().to_string();
+    let typo = watcher_once(&w, &["--once", "--output", &o, "--log-level", "debg"]);
+    assert_eq!(typo.status.code(), Some(2));
+    assert!(stderr(&typo).contains("--log-level"), "{}", stderr(&typo));
+    let quiet = Command::new(WATCHER)
+        .args([
+            "--etcd",
+            &w.etcd.url(),
+            "--once",
+            "--no-validate",
+            "--output",
+            &o,
+        ])
+        .env("DOCKREG_LOG_LEVEL", "error")
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(quiet.status.success());
+    assert_eq!(stderr(&quiet), "", "only errors, and there were none");
+    let chatty = watcher_once(
+        &w,
+        &[
+            "--once",
+            "--no-validate",
+            "--output",
+            &o,
+            "--log-level",
+            "debug",
+        ],
+    );
+    assert!(stderr(&chatty).contains("DEBUG"), "{}", stderr(&chatty));
+}
+
+#[test]
+fn each_program_says_what_it_is_and_shows_no_default_it_refuses() {
+    let help = |bin: &str| {
+        let o = Command::new(bin).arg("--help").output().unwrap();
+        assert!(o.status.success());
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let (watcher, sidekick) = (help(WATCHER), help(SIDEKICK));
+    assert!(
+        watcher.starts_with("dockreg-haproxy: watch etcd"),
+        "{watcher}"
+    );
+    assert!(
+        sidekick.starts_with("dockreg: the registration sidekick"),
+        "{sidekick}"
+    );
+    assert!(watcher.contains("[default: http://127.0.0.1:2379]"));
+    assert!(
+        !sidekick.contains("[default: http://127.0.0.1:2379]"),
+        "{sidekick}"
+    );
+    assert!(watcher.contains("[default: /etc/haproxy/dockreg/backends.cfg]"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rereads_the_templates_and_never_stops_the_watcher() {
+    let mut w = World::new().await;
+    let b = Backends::start(2).await;
+    w.put(&b.key(0), "running").await;
+    let tpl = w.path().join("t.cfg.tera");
+    let source = std::fs::read_to_string(format!("{REPO}/templates/per-service.cfg.tera")).unwrap();
+    std::fs::write(&tpl, &source).unwrap();
+    let t = tpl.display().to_string();
+    let watcher = w.watcher(&["--template", &t]);
+    crate::endstate::converged(&w, &["/service"], Duration::from_secs(15)).await;
+    for _ in 0..3 {
+        watcher.signal("HUP");
+        watcher.wait_log("SIGHUP: re-reading the templates").await;
+    }
+    // Still running and still applying.
+    w.put(&b.key(1), "running").await;
+    crate::endstate::converged(&w, &["/service"], Duration::from_secs(10)).await;
+    assert_eq!(
+        watcher.stop().code(),
+        Some(0),
+        "a clean stop after the SIGHUPs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_is_ignored_by_a_sidekick_outside_wrapper_mode() {
+    let w = World::new().await;
+    let b = Backends::start(1).await;
+    let port = b.addrs[0].port().to_string();
+    let log = w.path().join("sidekick.log");
+    let child = ChildGuard(
+        Command::new(SIDEKICK)
+            .args(["--etcd", &w.etcd.url(), "--ip", "127.0.0.1"])
+            .args(["--host-port", &port, "--port", &port])
+            .args(["--interval", "200ms"])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let key = format!("/service/127.0.0.1:{port}");
+    let registered = || async {
+        let mut client = w.etcd.client().await;
+        client
+            .get(key.as_str(), None)
+            .await
+            .is_ok_and(|r| r.kvs().len() == 1)
+    };
+    eventually(Duration::from_secs(10), "registered", registered).await;
+    let pid = child.pid().to_string();
+    for _ in 0..3 {
+        Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually(Duration::from_secs(5), "SIGHUP logged", || async {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("SIGHUP ignored"))
+    })
+    .await;
+    assert!(registered().await, "still registered after SIGHUP");
+    assert!(
+        std::fs::read_to_string(&log).is_ok_and(|t| !t.contains("deregistered")),
+        "never deregistered"
+    );
+    drop(child);
+}
