@@ -8,3 +8,4 @@ pub mod etcd;
 pub mod files;
 pub mod keys;
 pub mod process;
+pub mod serve;

@@ -121,6 +121,11 @@ pub struct WatcherArgs {
     /// Log level or filter (`debug`, `warn`, `dockreg=debug,info`); overrides RUST_LOG.
     #[arg(long, env = "DOCKREG_LOG_LEVEL", value_parser = crate::core::process::parse_log_level)]
     pub log_level: Option<String>,
+
+    /// Serve Prometheus metrics (/metrics) and health (/healthz, /readyz) on this address,
+    /// e.g. 127.0.0.1:9477 (watch mode only; off by default).
+    #[arg(long, env = "DOCKREG_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl WatcherArgs {

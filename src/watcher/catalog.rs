@@ -12,7 +12,7 @@ use crate::core::keys::{parse_endpoint_key, server_name, ServicePrefix};
 use crate::watcher::source::{KvChange, WatchEvent};
 use anyhow::{bail, Result};
 use serde_json::{json, Map, Value};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 /// One service: its prefix and its endpoints, sorted by address.
@@ -76,8 +76,9 @@ pub struct Catalog {
     /// `{"services": {<name>: {"name", "prefix", "endpoints": [...]}}}`; `Null` only while
     /// lent to a render.
     root: Value,
-    /// Keys currently skipped as invalid, so each is warned about once, not on every event.
-    skipped: HashSet<(usize, Vec<u8>)>,
+    /// Keys currently skipped as invalid, so each is warned about once, not on every event;
+    /// `true` when the key itself is not an endpoint key, `false` when its value is invalid.
+    skipped: HashMap<(usize, Vec<u8>), bool>,
 }
 
 /// The last service version handed out, across every catalog of the process, so a version
@@ -151,7 +152,7 @@ impl Catalog {
             services,
             views,
             root: Value::Null,
-            skipped: HashSet::new(),
+            skipped: HashMap::new(),
         };
         cat.root = cat.build_root();
         Ok(cat)
@@ -171,6 +172,12 @@ impl Catalog {
 
     pub fn services(&self) -> &[Service] {
         &self.services
+    }
+
+    /// Keys skipped now: (not endpoint keys, endpoint keys with an invalid value).
+    pub fn skipped_by_reason(&self) -> (usize, usize) {
+        let keys = self.skipped.values().filter(|bad_key| **bad_key).count();
+        (keys, self.skipped.len() - keys)
     }
 
     /// Number of endpoints across all services.
@@ -207,19 +214,19 @@ impl Catalog {
     fn parse(&mut self, idx: usize, key: &[u8], value: &[u8]) -> Option<Endpoint> {
         let prefix = &self.services.get(idx)?.prefix;
         let parsed = parse_endpoint_key(prefix, key)
-            .map_err(|e| e.to_string())
+            .map_err(|e| (true, e.to_string()))
             .and_then(|addr| {
                 parse_value(value)
                     .map(|meta| Endpoint { addr, meta })
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| (false, e.to_string()))
             });
         match parsed {
             Ok(ep) => {
                 self.skipped.remove(&(idx, key.to_vec()));
                 Some(ep)
             }
-            Err(reason) => {
-                if self.skipped.insert((idx, key.to_vec())) {
+            Err((bad_key, reason)) => {
+                if self.skipped.insert((idx, key.to_vec()), bad_key).is_none() {
                     tracing::warn!(key = %display_key(key), "etcd key \"{}\": {reason}; skipped", display_key(key));
                 }
                 None
@@ -330,7 +337,7 @@ impl Catalog {
         if idx >= self.services.len() {
             return false;
         }
-        self.skipped.retain(|(i, _)| *i != idx);
+        self.skipped.retain(|(i, _), _| *i != idx);
         let mut fresh: Vec<Endpoint> = entries
             .iter()
             .filter_map(|(k, v)| self.parse(idx, k, v))

@@ -10,11 +10,13 @@
 //! - `catalog`: the endpoints per service, and the template context;
 //! - `render`: Tera templates into configuration text;
 //! - `templates`: the template files watched on disk;
+//! - `metrics`: what `--metrics-addr` serves (Prometheus metrics, health, readiness);
 //! - `pipeline`: when to apply, render, stage, route, commit (validate, write), reload.
 
 mod args;
 mod build;
 pub(crate) mod catalog;
+pub(crate) mod metrics;
 mod oneshot;
 pub(crate) mod pipeline;
 pub(crate) mod render;

@@ -26,15 +26,17 @@
 use crate::core::process::Fatal;
 use crate::watcher::args::WatcherArgs;
 use crate::watcher::build::{build, prepare_state_file, remove_stale_temporaries, WatcherPipeline};
+use crate::watcher::metrics::WatcherMetrics;
 use crate::watcher::oneshot::one_shot;
 use crate::watcher::pipeline::Input;
-use crate::watcher::source::{watch_services, WatchEvent};
+use crate::watcher::source::{watch_services, SourceStatus, WatchEvent};
 use crate::watcher::supervise::Workers;
 use crate::watcher::templates::watch_templates;
 use anyhow::{anyhow, Result};
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -51,7 +53,11 @@ pub async fn run(args: WatcherArgs, shutdown: impl Future<Output = ()>) -> Resul
         return Ok(one_shot(&args, pipeline).await?);
     }
     prepare_state_file(&args)?;
-    watch(&args, pipeline, shutdown).await?;
+    let listener = match args.metrics_addr {
+        Some(addr) => Some(crate::core::serve::bind(addr).await.map_err(Fatal::usage)?),
+        None => None,
+    };
+    watch(&args, pipeline, listener, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -59,6 +65,7 @@ pub async fn run(args: WatcherArgs, shutdown: impl Future<Output = ()>) -> Resul
 async fn watch(
     args: &WatcherArgs,
     pipeline: WatcherPipeline,
+    listener: Option<tokio::net::TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let token = CancellationToken::new();
@@ -66,7 +73,19 @@ async fn watch(
     let (tx, rx) = mpsc::channel::<Input>(1024);
     let (etcd_tx, etcd_rx) = mpsc::channel(1024);
 
-    let source = watch_services(args.etcd.clone(), args.service_prefixes()?, etcd_tx);
+    let status = Arc::new(SourceStatus::default());
+    let mut pipeline = pipeline;
+    if let Some(listener) = listener {
+        let addr = listener.local_addr()?;
+        let metrics = Arc::new(WatcherMetrics::new(status.clone()));
+        pipeline = pipeline.with_metrics(metrics.clone());
+        let t = token.clone();
+        workers.spawn("metrics and health", async move {
+            crate::core::serve::serve(listener, metrics, t.cancelled_owned()).await
+        });
+        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    }
+    let source = watch_services(args.etcd.clone(), args.service_prefixes()?, etcd_tx, status);
     let t = token.clone();
     workers.spawn("etcd source", async move {
         tokio::select! {

@@ -188,3 +188,118 @@ async fn sighup_is_ignored_by_a_sidekick_outside_wrapper_mode() {
     );
     drop(child);
 }
+
+/// The value of the metric line that starts with `series` (`name{labels}`), or 0.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+async fn scrape(addr: std::net::SocketAddr, path: &str) -> Response {
+    get_path(addr, path)
+        .await
+        .expect("the metrics server answers")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_as_the_watcher_works_and_readyz_follows_etcd() {
+    let mut w = World::new().await;
+    let b = Backends::start(2).await;
+    w.put(&b.key(0), "running").await;
+    let (tpl, source) = crate::hitless::editable_template(&w);
+    let t = tpl.display().to_string();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let a = addr.to_string();
+    let _watcher = crate::hitless::hitless_watcher(&w, &["--template", &t, "--metrics-addr", &a]);
+    crate::endstate::converged(&w, &["/service"], Duration::from_secs(15)).await;
+    assert_eq!(scrape(addr, "/healthz").await.status, 200);
+    eventually(Duration::from_secs(5), "ready", || async {
+        scrape(addr, "/readyz").await.status == 200
+    })
+    .await;
+    let m = scrape(addr, "/metrics").await.body;
+    assert!(
+        metric(
+            &m,
+            r#"dockreg_watcher_applies_total{path="reload",outcome="written"}"#
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, r#"dockreg_watcher_reloads_total{outcome="ok"}"#) >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, r#"dockreg_watcher_endpoints{service="service"}"#),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "dockreg_watcher_etcd_connected"), 1.0, "{m}");
+    assert!(
+        metric(&m, "dockreg_watcher_etcd_revision_applied") >= 1.0,
+        "{m}"
+    );
+    // A server change goes out at runtime.
+    w.put(&b.key(1), "running").await;
+    crate::endstate::converged(&w, &["/service"], Duration::from_secs(10)).await;
+    eventually(
+        Duration::from_secs(5),
+        "a runtime apply counted",
+        || async {
+            let m = scrape(addr, "/metrics").await.body;
+            metric(
+                &m,
+                r#"dockreg_watcher_applies_total{path="runtime",outcome="written"}"#,
+            ) >= 1.0
+                && metric(&m, r#"dockreg_watcher_endpoints{service="service"}"#) == 2.0
+        },
+    )
+    .await;
+    // A template edit that does not parse is counted (and the last good one stays).
+    std::fs::write(&tpl, "{% if %}").unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "a template error counted",
+        || async {
+            metric(
+                &scrape(addr, "/metrics").await.body,
+                "dockreg_watcher_template_errors_total",
+            ) >= 1.0
+        },
+    )
+    .await;
+    std::fs::write(&tpl, &source).unwrap();
+    // etcd away: not ready, saying why; back: ready again.
+    w.etcd.kill();
+    eventually(
+        Duration::from_secs(15),
+        "not ready without etcd",
+        || async {
+            let r = scrape(addr, "/readyz").await;
+            r.status == 503 && r.body.contains("etcd")
+        },
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &scrape(addr, "/metrics").await.body,
+            "dockreg_watcher_etcd_connected"
+        ),
+        0.0
+    );
+    w.etcd.restart().await;
+    eventually(Duration::from_secs(30), "ready again", || async {
+        scrape(addr, "/readyz").await.status == 200
+    })
+    .await;
+    let m = scrape(addr, "/metrics").await.body;
+    assert!(
+        metric(&m, "dockreg_watcher_etcd_reconnects_total") >= 1.0,
+        "{m}"
+    );
+}

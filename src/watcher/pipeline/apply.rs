@@ -55,6 +55,46 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
     /// commands is retried, never reverted; a reload only ever loads files completely written
     /// (it waits for the commits in flight).
     pub(super) async fn prepare(&mut self, templates: Vec<PathBuf>) -> Prepared {
+        let prepared = self.prepare_inner(templates).await;
+        if let Prepared::Done(applied) = &prepared {
+            let outcome = match applied {
+                Applied::NotSynced => return prepared,
+                Applied::Unchanged => "unchanged",
+                Applied::Written(_) => "written",
+                Applied::Rejected(_) => "rejected",
+            };
+            let ok = outcome == "unchanged";
+            let revision = self.revision;
+            self.observe(|m| {
+                m.count_apply("none", outcome);
+                m.applied(ok, revision);
+            });
+            self.observe_endpoints();
+        }
+        prepared
+    }
+
+    /// The endpoints per service, for the metrics.
+    pub(super) fn observe_endpoints(&self) {
+        let Some(m) = &self.metrics else { return };
+        for s in self.catalog.services() {
+            m.endpoints
+                .get_or_create(&crate::watcher::metrics::ServiceLabels {
+                    service: s.prefix.name().to_string(),
+                })
+                .set(i64::try_from(s.endpoints.len()).unwrap_or(i64::MAX));
+        }
+        let (keys, values) = self.catalog.skipped_by_reason();
+        for (reason, n) in [("key", keys), ("value", values)] {
+            m.keys_skipped
+                .get_or_create(&crate::watcher::metrics::ReasonLabels {
+                    reason: reason.to_string(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    async fn prepare_inner(&mut self, templates: Vec<PathBuf>) -> Prepared {
         if !self.synced {
             return Prepared::Done(Applied::NotSynced);
         }
@@ -71,6 +111,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             match r {
                 Ok(text) => candidates.push(Some(Arc::new(text))),
                 Err(e) => {
+                    self.observe(|m| m.template_errors.inc());
                     tracing::error!(error = %e, output = %self.renderer.specs()[i].output.display(), "render failed; keeping the live file");
                     self.render_errors.push(e.0);
                     candidates.push(self.target[i].clone());
@@ -132,6 +173,8 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         for &i in &changed {
             self.target[i] = candidates[i].clone();
         }
+        let apply_time = started.elapsed();
+        self.observe(|m| m.apply_seconds.observe(apply_time.as_secs_f64()));
         // 3. The rest (fsync, `haproxy -c`, rename) is the commit's.
         Prepared::Commit(Commit::new(
             staged,
@@ -147,6 +190,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                 reason,
                 reload_why,
                 changed,
+                revision: self.revision,
                 started,
                 render_time,
                 route_time,
@@ -226,6 +270,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         match runtime_outcome {
             Some(Err(e)) => {
                 self.stats.runtime_fallbacks += 1;
+                self.observe(|m| m.runtime_fallbacks.inc());
                 tracing::warn!(error = %e, ops = %describe(&routed.ops), "runtime update failed; falling back to a reload");
                 let changed: Vec<usize> = routed.after.iter().map(|(i, _)| *i).collect();
                 self.forget_running(&changed, "a runtime update failed");

@@ -51,6 +51,8 @@ pub(super) struct CommitMeta {
     pub(super) reason: String,
     /// Why a reload is needed once the files are written, if one is.
     pub(super) reload_why: Option<String>,
+    /// The etcd revision the candidates reflect.
+    pub(super) revision: i64,
     pub(super) started: Instant,
     pub(super) render_time: Duration,
     pub(super) route_time: Duration,
@@ -123,7 +125,26 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
 
     /// Settles what a commit's outcome calls for: the record of what is on disk, a reload, a
     /// retry, or the fallback when `haproxy -c` refused what the runtime API already applied.
-    pub(super) fn committed(&mut self, mut meta: CommitMeta, outcome: Outcome) -> Applied {
+    pub(super) fn committed(&mut self, meta: CommitMeta, outcome: Outcome) -> Applied {
+        let (path, revision) = (meta.path, meta.revision);
+        let applied = self.settle_commit(meta, outcome);
+        let outcome = match &applied {
+            Applied::Written(_) | Applied::Unchanged | Applied::NotSynced => "written",
+            Applied::Rejected(_) if self.refused.is_some() => "rejected",
+            Applied::Rejected(_) => "failed",
+        };
+        self.observe(|m| {
+            m.count_apply(&path.to_string(), outcome);
+            m.applied(outcome == "written", revision);
+            if outcome == "rejected" {
+                m.validation_failures.inc();
+            }
+        });
+        self.observe_endpoints();
+        applied
+    }
+
+    fn settle_commit(&mut self, mut meta: CommitMeta, outcome: Outcome) -> Applied {
         let (written, result) = outcome;
         for &i in &written {
             self.disk[i] = meta.candidates[i].clone();

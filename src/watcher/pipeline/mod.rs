@@ -43,6 +43,7 @@ use crate::core::files::read_live;
 use crate::haproxy::config::{Config, Parsed};
 use crate::haproxy::{Reload, RuntimeUpdate, Validate};
 use crate::watcher::catalog::Catalog;
+use crate::watcher::metrics::WatcherMetrics;
 use crate::watcher::render::Renderer;
 use crate::watcher::source::WatchEvent;
 use commit::{Commits, Content};
@@ -166,6 +167,10 @@ pub struct Pipeline<V, R> {
     started: bool,
     reloads: reload::Schedule,
     stats: Stats,
+    /// The latest etcd revision received.
+    revision: i64,
+    /// Where the counters and durations go for `--metrics-addr`, if anywhere.
+    metrics: Option<Arc<WatcherMetrics>>,
 }
 
 impl<V: Validate, R: Reload> Pipeline<V, R> {
@@ -203,6 +208,8 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             synced: false,
             started: false,
             stats: Stats::default(),
+            revision: 0,
+            metrics: None,
         })
     }
 
@@ -211,6 +218,19 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
     pub fn with_runtime(mut self, runtime: Box<dyn RuntimeUpdate>) -> Self {
         self.runtime = Some(runtime);
         self
+    }
+
+    /// Reports counters, durations and readiness to `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<WatcherMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Tells the metrics, if any.
+    fn observe<T>(&self, f: impl FnOnce(&WatcherMetrics) -> T) {
+        if let Some(m) = &self.metrics {
+            f(m);
+        }
     }
 
     /// The services watched and their endpoints.
@@ -248,6 +268,12 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
     pub fn handle(&mut self, input: Input, now: Instant) -> bool {
         let dirty = match input {
             Input::Etcd(ev) => {
+                let revision = match &ev {
+                    WatchEvent::Snapshot { revision, .. }
+                    | WatchEvent::Changes { revision, .. } => *revision,
+                };
+                self.revision = self.revision.max(revision);
+                self.observe(|m| m.revision_seen.set(revision));
                 let first = !self.synced && matches!(ev, WatchEvent::Snapshot { .. });
                 self.synced |= first;
                 self.catalog.apply(ev) || first
@@ -255,11 +281,13 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             Input::Template(path) => {
                 // Read it once it has settled: the first event may be its truncation.
                 self.pending.template_touched(path, now);
+                self.observe(WatcherMetrics::changes_pending);
                 return true;
             }
         };
         if dirty {
             self.pending.etcd_changed(now);
+            self.observe(WatcherMetrics::changes_pending);
         }
         dirty
     }
@@ -276,6 +304,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                 }
                 Ok(false) => {}
                 Err(e) => {
+                    self.observe(|m| m.template_errors.inc());
                     tracing::error!(template = %path.display(), error = %e, "template rejected; the last good version stays in use")
                 }
             }

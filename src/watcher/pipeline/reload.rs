@@ -237,7 +237,23 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         let Some(reloader) = &self.reloader else {
             return true;
         };
-        match reloader.reload().await {
+        let result = reloader.reload().await;
+        let took = started.elapsed();
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(ReloadError::Refused(_)) => "refused",
+            Err(ReloadError::Unreachable(_)) => "unreachable",
+            Err(_) => "failed",
+        };
+        self.observe(|m| {
+            m.reload_seconds.observe(took.as_secs_f64());
+            m.reloads
+                .get_or_create(&crate::watcher::metrics::OutcomeLabels {
+                    outcome: outcome.to_string(),
+                })
+                .inc();
+        });
+        match result {
             Ok(detail) => {
                 self.stats.reloads += 1;
                 for (i, config) in loading.into_iter().enumerate() {

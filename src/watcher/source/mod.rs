@@ -5,8 +5,10 @@
 mod check;
 mod identity;
 mod list;
+mod status;
 mod stream;
 mod watch;
 
 pub use list::list_services;
+pub use status::SourceStatus;
 pub use watch::{watch_services, KvChange, WatchEvent};

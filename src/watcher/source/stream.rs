@@ -23,6 +23,8 @@ const MAX_WATCH_MESSAGE: usize = 64 << 20;
 pub(super) struct Shared {
     pub identity: Arc<Mutex<StoreIdentity>>,
     pub suspect: mpsc::Sender<Why>,
+    /// Whether the watches are watching, for the health endpoints.
+    pub status: Arc<super::SourceStatus>,
 }
 
 impl Shared {
@@ -60,8 +62,12 @@ impl PrefixWatch {
     /// Watches from `revision + 1` for ever; returns when the receiver is gone.
     pub async fn run(self, mut revision: i64) {
         let mut backoff = Backoff::default();
+        let mut broken = false;
         loop {
-            match self.watch_once(&mut revision, &mut backoff).await {
+            match self
+                .watch_once(&mut revision, &mut backoff, &mut broken)
+                .await
+            {
                 Ok(WatchEnd::ReceiverGone) => return,
                 Ok(WatchEnd::Compacted(compact)) => {
                     tracing::warn!(prefix = %self.prefix, revision, compact_revision = compact, "watch fell behind compaction; re-listing");
@@ -72,6 +78,8 @@ impl PrefixWatch {
                     backoff.reset();
                 }
                 Err(e) => {
+                    self.shared.status.watch_broken(!broken);
+                    broken = true;
                     let delay = backoff.next_delay();
                     tracing::warn!(prefix = %self.prefix, revision, error = %format!("{e:#}"), retry_in = ?delay, "etcd watch broken; re-watching from the last revision seen");
                     tokio::time::sleep(delay).await;
@@ -113,7 +121,12 @@ impl PrefixWatch {
         }
     }
 
-    async fn watch_once(&self, revision: &mut i64, backoff: &mut Backoff) -> Result<WatchEnd> {
+    async fn watch_once(
+        &self,
+        revision: &mut i64,
+        backoff: &mut Backoff,
+        broken: &mut bool,
+    ) -> Result<WatchEnd> {
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(*revision + 1)
@@ -136,6 +149,9 @@ impl PrefixWatch {
             }
             if resp.created() {
                 backoff.reset();
+                if std::mem::take(broken) {
+                    self.shared.status.watch_back();
+                }
                 tracing::debug!(prefix = %self.prefix, from = *revision + 1, "watching");
                 continue;
             }

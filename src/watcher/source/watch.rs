@@ -16,6 +16,7 @@
 use super::check::{Checker, Restart};
 use super::identity::StoreIdentity;
 use super::list::list_stamped;
+use super::status::SourceStatus;
 use super::stream::{PrefixWatch, Shared};
 use crate::core::backoff::Backoff;
 use crate::core::etcd::EtcdArgs;
@@ -63,10 +64,15 @@ pub async fn watch_services(
     args: EtcdArgs,
     prefixes: Vec<ServicePrefix>,
     tx: mpsc::Sender<WatchEvent>,
+    status: Arc<SourceStatus>,
 ) {
     let all: Vec<(usize, ServicePrefix)> = prefixes.into_iter().enumerate().collect();
+    let mut again = false;
     loop {
+        status.listing(again);
+        again = true;
         let (client, snapshot, identity) = connect_and_list(&args, &all).await;
+        status.listed();
         let WatchEvent::Snapshot { revision, .. } = &snapshot else {
             return;
         };
@@ -81,7 +87,7 @@ pub async fn watch_services(
         if tx.send(snapshot).await.is_err() {
             return;
         }
-        match supervise(&args, &all, client, revision, identity, &tx).await {
+        match supervise(&args, &all, client, revision, identity, &tx, &status).await {
             Some(Restart::Store { why, old, new }) => tracing::warn!(
                 old_cluster_id = %hex(old.cluster_id()),
                 new_cluster_id = %hex(Some(new.cluster_id)),
@@ -135,11 +141,13 @@ async fn supervise(
     revision: i64,
     identity: StoreIdentity,
     tx: &mpsc::Sender<WatchEvent>,
+    status: &Arc<SourceStatus>,
 ) -> Option<Restart> {
     let (suspect, mut suspicions) = mpsc::channel(1);
     let shared = Shared {
         identity: Arc::new(Mutex::new(identity)),
         suspect,
+        status: status.clone(),
     };
     let mut tasks = JoinSet::new();
     for (idx, prefix) in all {
