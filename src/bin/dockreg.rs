@@ -2,13 +2,31 @@
 
 #![forbid(unsafe_code)]
 
-use clap::{parser::ValueSource, FromArgMatches};
+use clap::{parser::ValueSource, FromArgMatches, Parser};
 use dockreg::core::process::Fatal;
-use dockreg::sidekick::{run, stop_signal, SidekickArgs};
+use dockreg::sidekick::{healthcheck, run, stop_signal, HealthcheckArgs, SidekickArgs};
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // `dockreg healthcheck`: a Docker HEALTHCHECK asking the running sidekick.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "healthcheck")
+    {
+        let argv = std::iter::once("dockreg healthcheck".into()).chain(std::env::args_os().skip(2));
+        let args = HealthcheckArgs::parse_from(argv);
+        return match healthcheck(args.metrics_addr, args.timeout).await {
+            Ok(answer) => {
+                println!("{answer}");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                println!("{why}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let matches = SidekickArgs::command_line().get_matches();
     let args = match SidekickArgs::from_arg_matches(&matches) {
         Ok(a) => a,

@@ -20,7 +20,15 @@ pub(crate) enum CheckKind {
 /// dockreg: the registration sidekick — register this container's published port in etcd
 /// while the app is healthy, and take it away at once when it is not.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "dockreg", version, long_about = None)]
+#[command(
+    name = "dockreg",
+    version,
+    long_about = None,
+    after_help = "Health check: `dockreg healthcheck` asks a running sidekick's /readyz (on its \
+                  --metrics-addr or DOCKREG_METRICS_ADDR) and exits 0 when the app is healthy and \
+                  registered, 1 when not: a Docker HEALTHCHECK for an image with nothing but the \
+                  binaries."
+)]
 pub struct SidekickArgs {
     #[command(flatten)]
     pub(crate) etcd: EtcdArgs,
@@ -104,6 +112,11 @@ pub struct SidekickArgs {
     #[arg(long, env = "DOCKREG_LOG_LEVEL", value_parser = crate::core::process::parse_log_level)]
     pub log_level: Option<String>,
 
+    /// Serve Prometheus metrics (/metrics) and health (/healthz, /readyz: the app healthy and
+    /// registered) on this address, e.g. 127.0.0.1:9477; `dockreg healthcheck` asks it.
+    #[arg(long, env = "DOCKREG_METRICS_ADDR")]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
+
     /// Wrapper mode: the app command to start as a child (after `--`).
     #[arg(last = true)]
     pub(crate) command: Vec<String>,
@@ -124,4 +137,17 @@ impl SidekickArgs {
     pub(crate) fn prefix(&self) -> Result<ServicePrefix, crate::core::keys::PrefixError> {
         ServicePrefix::parse(&self.key)
     }
+}
+
+/// `dockreg healthcheck`: ask a running sidekick whether it is ready.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "dockreg healthcheck", version, long_about = None)]
+pub struct HealthcheckArgs {
+    /// The sidekick's --metrics-addr.
+    #[arg(long, env = "DOCKREG_METRICS_ADDR")]
+    pub metrics_addr: std::net::SocketAddr,
+
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }

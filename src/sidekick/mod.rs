@@ -9,7 +9,8 @@
 //! - `register`, `tasks`, `call`: the lease, the key under it, the keepalive and key watch,
 //!   each etcd call bounded by a deadline;
 //! - `docker`: the own container id, the Engine API client, binding selection;
-//! - `wrapper`: the app as a child process (wrapper mode).
+//! - `wrapper`: the app as a child process (wrapper mode);
+//! - `metrics`: what `--metrics-addr` serves, and the `dockreg healthcheck` client.
 //!
 //! Only what the binary needs is public; no `unsafe` (the wrapper's `waitpid` and `kill` go
 //! through `rustix`).
@@ -20,12 +21,14 @@ mod args;
 mod call;
 mod check;
 mod docker;
+mod metrics;
 mod register;
 mod run;
 mod signals;
 mod tasks;
 mod wrapper;
 
-pub use args::SidekickArgs;
+pub use args::{HealthcheckArgs, SidekickArgs};
+pub use metrics::healthcheck;
 pub use run::run;
 pub use signals::{stop_signal, StopSignal};

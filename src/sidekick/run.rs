@@ -11,6 +11,7 @@ use super::args::{CheckKind, SidekickArgs};
 use super::call::CallError;
 use super::check::{probe, Check, Health, Hysteresis};
 use super::docker::{discover, own_container_id, Discovered};
+use super::metrics::SidekickMetrics;
 use super::register::Registration;
 use super::signals::{forwarded_signals, StopSignal};
 use super::tasks::Notice;
@@ -22,9 +23,11 @@ use anyhow::{anyhow, Context as _, Result};
 use rustix::process::Signal;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Deadline of each etcd call on the stop path (revoking the lease): the app's SIGTERM must
 /// not wait on an unreachable etcd.
@@ -178,6 +181,19 @@ pub async fn run(
     let prefix = args
         .prefix()
         .map_err(|e| Fatal::usage(anyhow!("--key: {e}")))?;
+    let metrics = Arc::new(SidekickMetrics::new());
+    let serving = CancellationToken::new();
+    if let Some(addr) = args.metrics_addr {
+        let listener = crate::core::serve::bind(addr).await.map_err(Fatal::usage)?;
+        let (status, stop) = (metrics.clone(), serving.clone().cancelled_owned());
+        tokio::spawn(async move {
+            if let Err(e) = crate::core::serve::serve(listener, status, stop).await {
+                tracing::error!(error = %format!("{e:#}"), "metrics and health endpoints stopped");
+            }
+        });
+        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    }
+    let _serving = serving.drop_guard();
     args.etcd.validate().map_err(Fatal::usage)?;
     let check = check_of(&args).map_err(Fatal::usage)?;
     if args.timeout >= args.interval {
@@ -233,6 +249,8 @@ pub async fn run(
     let mut check_key = false;
     // etcd granted a lease at least once (a TLS rejection before that is a wrong CA).
     let mut etcd_answered = false;
+    // The lease last seen, to count grants.
+    let mut last_lease: Option<i64> = None;
 
     let end = loop {
         let app_exit = async {
@@ -255,7 +273,9 @@ pub async fn run(
                 continue;
             }
             _ = tokio::time::sleep_until(next_check) => {
+                let probed = Instant::now();
                 let result = probe(&check, target, args.timeout).await;
+                metrics.check(result.is_ok(), probed.elapsed());
                 let starting = health.health() == Health::Unknown;
                 next_check = Instant::now() + if starting { startup_pace } else { args.interval };
                 if let Err(e) = &result {
@@ -264,7 +284,9 @@ pub async fn run(
                         continue;
                     }
                 }
-                match health.observe(result.is_ok()) {
+                let observed = health.observe(result.is_ok());
+                metrics.healthy.set(i64::from(health.health() == Health::Up));
+                match observed {
                     Some(Health::Up) => {
                         tracing::info!("app healthy");
                     }
@@ -333,6 +355,13 @@ pub async fn run(
             outcome = reconcile => outcome,
             stop = &mut shutdown => break End::Signal(stop?),
         };
+        metrics
+            .registered
+            .set(i64::from(reg.registered().is_some()));
+        if reg.lease().is_some() && reg.lease() != last_lease {
+            metrics.lease_grants.inc();
+        }
+        last_lease = reg.lease().or(last_lease);
         match outcome {
             Ok(()) => {
                 etcd_answered |= reg.lease().is_some();
@@ -342,6 +371,7 @@ pub async fn run(
                 break End::Fatal(certificate_error(e, &args));
             }
             Err(e) => {
+                metrics.etcd_retries.inc();
                 let delay = retry.next_delay();
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "etcd update failed; will retry");
                 retry_at = Some(Instant::now() + delay);

@@ -303,3 +303,67 @@ async fn metrics_move_as_the_watcher_works_and_readyz_follows_etcd() {
         "{m}"
     );
 }
+
+/// `dockreg healthcheck --metrics-addr <addr>`: its exit status and what it printed.
+fn healthcheck(addr: std::net::SocketAddr) -> (Option<i32>, String) {
+    let o = Command::new(SIDEKICK)
+        .args(["healthcheck", "--metrics-addr", &addr.to_string()])
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidekick_reports_health_and_healthcheck_follows_the_app() {
+    let w = World::new().await;
+    let b = Backends::start(1).await;
+    let port = b.addrs[0].port().to_string();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _child = ChildGuard(
+        Command::new(SIDEKICK)
+            .args(["--etcd", &w.etcd.url(), "--ip", "127.0.0.1"])
+            .args(["--host-port", &port, "--port", &port])
+            .args(["--interval", "200ms", "--timeout", "200ms"])
+            .args(["--metrics-addr", &addr.to_string()])
+            .stderr(std::fs::File::create(w.path().join("sidekick.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    eventually(Duration::from_secs(10), "healthcheck passes", || async {
+        healthcheck(addr).0 == Some(0)
+    })
+    .await;
+    let m = scrape(addr, "/metrics").await.body;
+    assert_eq!(metric(&m, "dockreg_sidekick_registered"), 1.0, "{m}");
+    assert_eq!(metric(&m, "dockreg_sidekick_app_healthy"), 1.0, "{m}");
+    assert_eq!(
+        metric(&m, "dockreg_sidekick_lease_grants_total"),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, r#"dockreg_sidekick_checks_total{result="ok"}"#) >= 1.0,
+        "{m}"
+    );
+    // The app stops answering: unhealthy, deregistered, and the healthcheck says so.
+    drop(b);
+    eventually(Duration::from_secs(10), "healthcheck fails", || async {
+        let (code, said) = healthcheck(addr);
+        code == Some(1) && said.contains("health check")
+    })
+    .await;
+    let m = scrape(addr, "/metrics").await.body;
+    assert_eq!(metric(&m, "dockreg_sidekick_registered"), 0.0, "{m}");
+    assert!(
+        metric(&m, r#"dockreg_sidekick_checks_total{result="failed"}"#) >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        scrape(addr, "/healthz").await.status,
+        200,
+        "alive all along"
+    );
+}
