@@ -413,3 +413,42 @@ async fn docker_stop_behind_haproxy_fails_no_request() {
     );
     drop(b);
 }
+
+/// What Docker says of the container's health (`healthy`, `unhealthy`, `starting`).
+fn docker_health(c: &Container) -> String {
+    docker(&["inspect", "-f", "{{.State.Health.Status}}", &c.id])
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_reports_the_sidekick_healthy_then_unhealthy_with_the_app() {
+    let Some(mut s) = setup().await else { return };
+    // The test image's HEALTHCHECK runs `dockreg healthcheck --metrics-addr 127.0.0.1:9477`.
+    let (c, key, _port) = start_app_with(&s, &["--metrics-addr", "127.0.0.1:9477"]);
+    let health_is = |want: &'static str| {
+        let c = &c;
+        async move {
+            let t0 = Instant::now();
+            loop {
+                let now = docker_health(c);
+                if now == want {
+                    return;
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(15),
+                    "Docker health {now}, wanted {want}; container log:\n{}",
+                    c.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    health_is("healthy").await;
+    wait_key(&mut s.client, &key, true, Duration::from_secs(1), &c).await;
+    c.exec(&["/bin/busybox", "rm", "/www/health"]);
+    health_is("unhealthy").await;
+    wait_key(&mut s.client, &key, false, Duration::from_secs(1), &c).await;
+    c.exec(&["/bin/busybox", "touch", "/www/health"]);
+    health_is("healthy").await;
+}

@@ -202,7 +202,8 @@ pub fn build_image(ctx: &Path, tag: &str) -> Result<(), String> {
 }
 
 /// The test image: `dockreg` as entrypoint, busybox for the app, `/www` with an index page
-/// and `/health`. Built once per process.
+/// and `/health`, and a Docker `HEALTHCHECK` through `dockreg healthcheck`. Built once per
+/// process.
 pub fn image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| {
@@ -218,7 +219,14 @@ pub fn image() -> &'static str {
         std::fs::write(c.join("www/health"), "ok\n").unwrap();
         std::fs::write(
             c.join("Dockerfile"),
-            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY dockreg /bin/dockreg\nCOPY www /www\nENTRYPOINT [\"/bin/dockreg\"]\n",
+            concat!(
+                "FROM scratch\nCOPY busybox /bin/busybox\nCOPY dockreg /bin/dockreg\nCOPY www /www\n",
+                // Healthy once a sidekick started with --metrics-addr 127.0.0.1:9477 is ready;
+                // the containers of the other tests serve no health and show as unhealthy.
+                "HEALTHCHECK --interval=1s --timeout=3s --retries=1 ",
+                "CMD [\"/bin/dockreg\", \"healthcheck\", \"--metrics-addr\", \"127.0.0.1:9477\"]\n",
+                "ENTRYPOINT [\"/bin/dockreg\"]\n",
+            ),
         )
         .unwrap();
         let tag = image_tag();
