@@ -2,6 +2,7 @@
 //! connection, backoff, atomic file writes, and process plumbing (logging, shutdown).
 
 pub mod backoff;
+pub mod config;
 pub mod endpoint;
 pub(crate) mod errors;
 pub mod etcd;

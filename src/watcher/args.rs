@@ -114,6 +114,16 @@ pub struct WatcherArgs {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Config file (TOML): any flag by its long name (`etcd = "http://10.0.0.2:2379"`,
+    /// `prefix = ["/web", "/api"]`); the environment and flags override it.
+    #[arg(long, env = "DOCKREG_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration (each setting, its value and where it came from;
+    /// secrets masked) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
     /// Log format.
     #[arg(long, env = "DOCKREG_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -367,3 +367,62 @@ async fn the_sidekick_reports_health_and_healthcheck_follows_the_app() {
         "alive all along"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_runs_the_watcher_and_flags_and_environment_override_it() {
+    let mut w = World::new().await;
+    w.put("/service/10.0.0.1:80", "running").await;
+    w.put("/api/10.0.0.2:80", "running").await;
+    let (a, b) = (w.path().join("a.cfg"), w.path().join("b.cfg"));
+    let tpl = format!("{REPO}/templates/per-service.cfg.tera");
+    let file = w.path().join("dockreg-haproxy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "# what the watcher reads\netcd = \"{}\"\nprefix = [\"/service\", \"/api\"]\n\
+             template = [\"{tpl}\", \"{tpl}\"]\noutput = [\"{}\", \"{}\"]\nno_validate = true\nonce = true\n",
+            w.etcd.url(),
+            a.display(),
+            b.display()
+        ),
+    )
+    .unwrap();
+    let f = file.display().to_string();
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        Command::new(WATCHER)
+            .args(["--config", &f])
+            .args(extra)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let o = run(&[], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for out in [&a, &b] {
+        let text = std::fs::read_to_string(out).unwrap();
+        assert!(
+            text.contains("backend api") && text.contains("backend service"),
+            "{text}"
+        );
+    }
+    // Environment over file, flag over both.
+    let shown = |o: Output| String::from_utf8_lossy(&o.stdout).to_string();
+    let p = shown(run(&["--print-config"], &[("DOCKREG_PREFIX", "/env")]));
+    assert!(p.contains("prefix = \"/env\"  # environment"), "{p}");
+    let p = shown(run(
+        &["--print-config", "--prefix", "/flag"],
+        &[("DOCKREG_PREFIX", "/env")],
+    ));
+    assert!(p.contains("prefix = \"/flag\"  # flag"), "{p}");
+    assert!(p.contains("once = true  # file"), "{p}");
+    // A mistyped key: exit 2, naming the file, line and key.
+    std::fs::write(
+        &file,
+        "etcd = \"http://127.0.0.1:1\"\nmin_reload_intervall = \"1s\"\n",
+    )
+    .unwrap();
+    let o = run(&[], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let want = format!("{f}:2:1: key `min_reload_intervall`: no such setting");
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+}
