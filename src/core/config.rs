@@ -65,13 +65,16 @@ pub fn get_matches(cmd: clap::Command, argv: Vec<OsString>) -> Result<Parsed, Pa
     })
 }
 
+/// Each flag a config file set (long name), and where (`file:line:col: key `k``).
+type FileSettings = Vec<(String, String)>;
+
 /// `argv` with the settings of the config file put in front, and for each flag the file set,
 /// where (`file:line:col: key `k``); `argv` unchanged without a file. Settings a flag or an
 /// environment variable gives are left out.
 fn with_config_file(
     cmd: &clap::Command,
     argv: Vec<OsString>,
-) -> Result<(Vec<OsString>, Vec<(String, String)>), ConfigError> {
+) -> Result<(Vec<OsString>, FileSettings), ConfigError> {
     let Some(path) = config_path(&argv) else {
         return Ok((argv, Vec::new()));
     };
