@@ -2,7 +2,7 @@
 # Runs every test of the workspace: unit, property and integration tests against a real etcd,
 # a real HAProxy and real HTTP traffic. Installs what the tests need from Debian packages when
 # it is missing (etcd, HAProxy, protoc for etcd-client's build, openssl for test certificates,
-# a static busybox for the sidekick's test image),
+# a static busybox for the sidekick's test image, systemd-analyze for the units),
 # then runs `cargo test`.
 #
 #   bash tests/run.sh            # everything
@@ -18,6 +18,8 @@ command -v protoc >/dev/null || need+=(protobuf-compiler)
 # etcd-client's build imports google/protobuf/*.proto: a protoc without them fails the build.
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 command -v openssl >/dev/null || need+=(openssl)
+# The systemd units are checked with systemd-analyze verify.
+command -v systemd-analyze >/dev/null || need+=(systemd)
 docker_ok=false
 if command -v docker >/dev/null && docker version >/dev/null 2>&1; then
   docker_ok=true

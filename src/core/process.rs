@@ -26,6 +26,41 @@ pub fn init_logging(format: LogFormat, level: Option<&str>) {
     }
 }
 
+/// Tells systemd about the service's state (`READY=1`, `WATCHDOG=1`, `STOPPING=1`) when it
+/// runs under a `Type=notify` unit (`NOTIFY_SOCKET` set); does nothing otherwise. Returns
+/// whether the message was sent.
+pub fn sd_notify(state: &str) -> bool {
+    use std::os::unix::net::UnixDatagram;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return false;
+    };
+    let Ok(socket) = UnixDatagram::unbound() else {
+        return false;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let sent = match path.strip_prefix('@') {
+        // An abstract socket (Linux).
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
+        }
+        None => socket.send_to(state.as_bytes(), &path),
+    };
+    sent.is_ok()
+}
+
+/// The watchdog interval systemd asks for (`WATCHDOG_USEC`, for this process), if any.
+pub fn sd_watchdog_interval() -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Some(pid) = std::env::var("WATCHDOG_PID").ok() {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| std::time::Duration::from_micros(usec))
+}
+
 /// Checks a `--log-level` value: a level (`debug`) or a filter (`dockreg=debug,info`).
 pub fn parse_log_level(value: &str) -> Result<String, String> {
     const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
@@ -128,6 +163,21 @@ impl std::fmt::Display for Fatal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sd_notify_sends_to_the_notify_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let listener = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        // The only test that sets NOTIFY_SOCKET.
+        std::env::set_var("NOTIFY_SOCKET", &path);
+        assert!(sd_notify("READY=1"));
+        std::env::remove_var("NOTIFY_SOCKET");
+        let mut buf = [0u8; 64];
+        let n = listener.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+        assert!(!sd_notify("READY=1"), "nothing to tell outside systemd");
+    }
 
     #[test]
     fn log_levels_and_filters_are_taken_and_typos_refused() {

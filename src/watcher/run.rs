@@ -98,6 +98,7 @@ async fn watch(
         "etcd forwarder",
         forward_etcd(etcd_rx, tx.clone(), token.clone()),
     );
+    let tx_watchdog = tx.clone();
 
     let templates: Vec<PathBuf> = pipeline
         .renderer()
@@ -125,6 +126,12 @@ async fn watch(
         outputs = ?pipeline.renderer().specs().iter().map(|s| s.output.display().to_string()).collect::<Vec<_>>(),
         "dockreg-haproxy started"
     );
+    if let Some(interval) = crate::core::process::sd_watchdog_interval() {
+        workers.spawn(
+            "systemd watchdog",
+            watchdog(interval, tx_watchdog, token.clone()),
+        );
+    }
     let t = token.clone();
     workers.spawn("pipeline", async move {
         let stats = pipeline.run(rx, t.clone().cancelled_owned()).await;
@@ -135,7 +142,39 @@ async fn watch(
             Err(anyhow!("its input closed"))
         }
     });
-    workers.supervise(shutdown).await
+    workers
+        .supervise(async {
+            shutdown.await;
+            crate::core::process::sd_notify("STOPPING=1");
+        })
+        .await
+}
+
+/// Tells systemd's watchdog the watcher is alive, every third of its interval, as long as the
+/// pipeline answers a heartbeat (it answers between steps; a reload takes at most
+/// `--reload-timeout`, so the unit's WatchdogSec is longer than that).
+async fn watchdog(
+    interval: std::time::Duration,
+    tx: mpsc::Sender<Input>,
+    token: CancellationToken,
+) -> Result<()> {
+    let every = interval / 3;
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(every) => {}
+        }
+        let (reply, answered) = tokio::sync::oneshot::channel();
+        if !send_or_stop(&tx, Input::Heartbeat(reply), &token).await? {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = token.cancelled() => return Ok(()),
+            got = answered => if got.is_ok() {
+                crate::core::process::sd_notify("WATCHDOG=1");
+            },
+        }
+    }
 }
 
 /// Sends `item` on `tx` unless the token is cancelled first; `Ok(false)` when cancelled.

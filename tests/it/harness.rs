@@ -165,6 +165,17 @@ impl Watcher {
     /// Starts `dockreg-haproxy` with the standard wiring for `haproxy` and `etcd_urls`, plus
     /// `extra` flags.
     pub fn start(dir: &Path, haproxy: &Haproxy, etcd_urls: &str, extra: &[&str]) -> Watcher {
+        Self::start_with_env(dir, haproxy, etcd_urls, extra, &[])
+    }
+
+    /// [`Watcher::start`] with `env` variables set too.
+    pub fn start_with_env(
+        dir: &Path,
+        haproxy: &Haproxy,
+        etcd_urls: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Watcher {
         let log = dir.join(format!("watcher-{}.log", free_port()));
         let file = File::create(&log).expect("create watcher log");
         let mut cmd = Command::new(WATCHER);
@@ -180,6 +191,7 @@ impl Watcher {
             .arg("200ms")
             .args(extra)
             .envs(haproxy.env.iter().cloned())
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(file);
@@ -259,6 +271,12 @@ impl World {
 
     pub fn watcher(&self, extra: &[&str]) -> Watcher {
         Watcher::start(self.dir.path(), &self.haproxy, &self.etcd.url(), extra)
+    }
+
+    /// [`World::watcher`] with `env` variables set too.
+    pub fn watcher_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Watcher {
+        let url = self.etcd.url();
+        Watcher::start_with_env(self.dir.path(), &self.haproxy, &url, extra, env)
     }
 
     pub async fn put(&mut self, key: &str, value: &str) {

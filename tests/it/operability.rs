@@ -426,3 +426,92 @@ async fn a_config_file_runs_the_watcher_and_flags_and_environment_override_it() 
     let want = format!("{f}:2:1: key `min_reload_intervall`: no such setting");
     assert!(stderr(&o).contains(&want), "{}", stderr(&o));
 }
+
+/// The datagrams a `Type=notify` service sent to the socket, within `wait`.
+fn notifications(socket: &std::os::unix::net::UnixDatagram, wait: Duration) -> Vec<String> {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while t0.elapsed() < wait {
+        if let Ok(n) = socket.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_the_watcher_says_ready_keeps_the_watchdog_fed_and_says_stopping() {
+    let mut w = World::new().await;
+    w.put("/service/10.0.0.1:80", "running").await;
+    let path = w.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    let watcher = w.watcher_with_env(
+        &[],
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "300000"),
+        ],
+    );
+    let first = tokio::task::block_in_place(|| notifications(&socket, Duration::from_secs(3)));
+    assert_eq!(
+        first.first().map(String::as_str),
+        Some("READY=1"),
+        "{first:?}"
+    );
+    let fed = first.iter().filter(|m| *m == "WATCHDOG=1").count();
+    assert!(fed >= 5, "a 300 ms watchdog fed every 100 ms: {first:?}");
+    assert_eq!(watcher.stop().code(), Some(0));
+    let last = tokio::task::block_in_place(|| notifications(&socket, Duration::from_millis(500)));
+    assert!(last.iter().any(|m| m == "STOPPING=1"), "{last:?}");
+}
+
+#[test]
+fn the_systemd_units_verify_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // systemd-analyze checks that ExecStart's binary exists: point it at the built one.
+    let unit = std::fs::read_to_string(format!("{REPO}/haproxy/systemd/dockreg-haproxy.service"))
+        .unwrap()
+        .replace("/usr/bin/dockreg-haproxy", WATCHER);
+    std::fs::write(d.join("dockreg-haproxy.service"), unit).unwrap();
+    // Debian's haproxy.service with our drop-in beside it (verify reads `<unit>.d/` there).
+    std::fs::copy(
+        "/lib/systemd/system/haproxy.service",
+        d.join("haproxy.service"),
+    )
+    .expect("Debian's haproxy.service (apt-get install haproxy; tests/run.sh does)");
+    std::fs::create_dir_all(d.join("haproxy.service.d")).unwrap();
+    std::fs::copy(
+        format!("{REPO}/haproxy/systemd/haproxy.service.d/dockreg.conf"),
+        d.join("haproxy.service.d/dockreg.conf"),
+    )
+    .unwrap();
+    for unit in ["dockreg-haproxy.service", "haproxy.service"] {
+        let o = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(d.join(unit))
+            .output()
+            .expect("systemd-analyze (apt-get install systemd; tests/run.sh does)");
+        let said = stderr(&o);
+        assert!(
+            o.status.success() && said.trim().is_empty(),
+            "{unit}: {said}"
+        );
+    }
+    // The example config file is one the watcher takes.
+    let o = Command::new(WATCHER)
+        .args([
+            "--config",
+            &format!("{REPO}/haproxy/systemd/dockreg-haproxy.toml"),
+            "--print-config",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout)
+        .contains("runtime-socket = \"/run/haproxy/admin.sock\"  # file"));
+}

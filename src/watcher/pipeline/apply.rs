@@ -70,6 +70,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                 m.applied(ok, revision);
             });
             self.observe_endpoints();
+            self.apply_ended();
         }
         prepared
     }

@@ -141,6 +141,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             }
         });
         self.observe_endpoints();
+        self.apply_ended();
         applied
     }
 

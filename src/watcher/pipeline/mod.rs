@@ -59,6 +59,8 @@ pub enum Input {
     Etcd(WatchEvent),
     /// A template file changed on disk.
     Template(PathBuf),
+    /// Answer at once (the systemd watchdog asking whether the pipeline still takes input).
+    Heartbeat(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Timing of the pipeline.
@@ -169,6 +171,8 @@ pub struct Pipeline<V, R> {
     stats: Stats,
     /// The latest etcd revision received.
     revision: i64,
+    /// Whether systemd was told the watcher is ready (after the first apply).
+    told_ready: bool,
     /// Where the counters and durations go for `--metrics-addr`, if anywhere.
     metrics: Option<Arc<WatcherMetrics>>,
 }
@@ -209,6 +213,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
             started: false,
             stats: Stats::default(),
             revision: 0,
+            told_ready: false,
             metrics: None,
         })
     }
@@ -230,6 +235,17 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
     fn observe<T>(&self, f: impl FnOnce(&WatcherMetrics) -> T) {
         if let Some(m) = &self.metrics {
             f(m);
+        }
+    }
+
+    /// An apply ended (`ok` or not): the first one makes the watcher ready for systemd
+    /// (`Type=notify`), whatever its outcome, since the live configuration keeps serving.
+    fn apply_ended(&mut self) {
+        if !self.told_ready {
+            self.told_ready = true;
+            if crate::core::process::sd_notify("READY=1") {
+                tracing::debug!("told systemd the watcher is ready");
+            }
         }
     }
 
@@ -277,6 +293,10 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                 let first = !self.synced && matches!(ev, WatchEvent::Snapshot { .. });
                 self.synced |= first;
                 self.catalog.apply(ev) || first
+            }
+            Input::Heartbeat(reply) => {
+                let _ = reply.send(());
+                return false;
             }
             Input::Template(path) => {
                 // Read it once it has settled: the first event may be its truncation.
