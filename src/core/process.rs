@@ -53,7 +53,7 @@ pub fn sd_notify(state: &str) -> bool {
 /// The watchdog interval systemd asks for (`WATCHDOG_USEC`, for this process), if any.
 pub fn sd_watchdog_interval() -> Option<std::time::Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Some(pid) = std::env::var("WATCHDOG_PID").ok() {
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
         if pid.parse::<u32>().ok()? != std::process::id() {
             return None;
         }
