@@ -2,7 +2,8 @@
 # Runs every test of the workspace: unit, property and integration tests against a real etcd,
 # a real HAProxy and real HTTP traffic. Installs what the tests need from Debian packages when
 # it is missing (etcd, HAProxy, protoc for etcd-client's build, openssl for test certificates,
-# a static busybox for the sidekick's test image, systemd-analyze for the units),
+# a static busybox for the sidekick's test image, systemd-analyze for the units, cargo-deb
+# for the package),
 # then runs `cargo test`.
 #
 #   bash tests/run.sh            # everything
@@ -60,4 +61,14 @@ if $docker_ok; then
 else
   echo "==> no Docker engine reachable: the sidekick container tests will skip (they fail under CI=true)"
 fi
+# The Debian package, for tests/it/package.rs (installed into a scratch root, never the machine).
+if ! command -v cargo-deb >/dev/null; then
+  echo "==> installing cargo-deb (builds the Debian package)"
+  cargo install cargo-deb --locked --version 3.8.0
+fi
+echo "==> building the Debian package"
+cargo build --release --bins
+cargo run -q --example gen_docs -- target/docs >/dev/null
+cargo deb --no-build -o target/debian/dockreg.deb >/dev/null
+export DOCKREG_TEST_DEB="$PWD/target/debian/dockreg.deb"
 cargo test --all-targets "$@"

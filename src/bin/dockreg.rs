@@ -2,8 +2,8 @@
 
 #![forbid(unsafe_code)]
 
-use clap::{parser::ValueSource, FromArgMatches, Parser};
-use dockreg::core::config::{get_matches, print_config, ParseError};
+use clap::{parser::ValueSource, Parser};
+use dockreg::core::config::parse_args;
 use dockreg::core::process::Fatal;
 use dockreg::sidekick::{healthcheck, run, stop_signal, HealthcheckArgs, SidekickArgs};
 use std::process::ExitCode;
@@ -28,26 +28,13 @@ async fn main() -> ExitCode {
             }
         };
     }
-    let cmd = SidekickArgs::command_line();
-    let parsed = match get_matches(cmd.clone(), std::env::args_os().collect()) {
-        Ok(m) => m,
-        Err(ParseError::Clap(e)) => e.exit(),
-        Err(ParseError::Config(e)) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+    let (args, matches): (SidekickArgs, _) = match parse_args(SidekickArgs::command_line()) {
+        Ok(parsed) => parsed,
+        Err(done) => return done,
     };
-    let args = match SidekickArgs::from_arg_matches(&parsed.matches) {
-        Ok(a) => a,
-        Err(e) => e.exit(),
-    };
-    if args.print_config {
-        print!("{}", print_config(&cmd, &parsed));
-        return ExitCode::SUCCESS;
-    }
     dockreg::core::process::init_logging(args.log_format, args.log_level.as_deref());
     // The watcher may default to a local etcd; a sidekick must be told where etcd is.
-    if parsed.matches.value_source("endpoints") == Some(ValueSource::DefaultValue) {
+    if matches.value_source("endpoints") == Some(ValueSource::DefaultValue) {
         return Fatal::usage(anyhow::anyhow!(
             "--etcd is required (or DOCKREG_ETCD): the etcd endpoints, comma-separated"
         ))

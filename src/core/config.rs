@@ -190,6 +190,28 @@ fn key_span(text: &str, key: &str) -> Option<std::ops::Range<usize>> {
     None
 }
 
+/// Parses the process's command line, config file included, into `T` for `cmd`. `Err` holds
+/// the exit status when the program is done: a config file error (printed; 2) or
+/// `--print-config` (printed; 0). clap's own errors and `--help` exit the way clap does.
+pub fn parse_args<T: clap::FromArgMatches>(
+    cmd: clap::Command,
+) -> Result<(T, clap::ArgMatches), std::process::ExitCode> {
+    let parsed = match get_matches(cmd.clone(), std::env::args_os().collect()) {
+        Ok(p) => p,
+        Err(ParseError::Clap(e)) => e.exit(),
+        Err(ParseError::Config(e)) => {
+            eprintln!("error: {e}");
+            return Err(std::process::ExitCode::from(2));
+        }
+    };
+    let args = T::from_arg_matches(&parsed.matches).unwrap_or_else(|e| e.exit());
+    if parsed.matches.get_flag("print_config") {
+        print!("{}", print_config(&cmd, &parsed));
+        return Err(std::process::ExitCode::SUCCESS);
+    }
+    Ok((args, parsed.matches))
+}
+
 /// The effective configuration, as a config file would say it: every setting with its value
 /// and where it came from (secrets masked), for `--print-config`.
 pub fn print_config(cmd: &clap::Command, parsed: &Parsed) -> String {

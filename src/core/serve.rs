@@ -21,6 +21,15 @@ pub trait Status: Send + Sync + 'static {
     fn ready(&self) -> Result<(), String>;
 }
 
+/// `registry` in Prometheus' text format (a comment saying why, should encoding fail).
+pub fn encode(registry: &prometheus_client::registry::Registry) -> String {
+    let mut out = String::new();
+    match prometheus_client::encoding::text::encode(&mut out, registry) {
+        Ok(()) => out,
+        Err(e) => format!("# encoding the metrics failed: {e}\n"),
+    }
+}
+
 /// The content type of Prometheus' text format.
 const METRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 

@@ -90,11 +90,7 @@ impl SidekickMetrics {
 
 impl Status for SidekickMetrics {
     fn metrics(&self) -> String {
-        let mut out = String::new();
-        match prometheus_client::encoding::text::encode(&mut out, &self.registry) {
-            Ok(()) => out,
-            Err(e) => format!("# encoding the metrics failed: {e}\n"),
-        }
+        crate::core::serve::encode(&self.registry)
     }
 
     fn ready(&self) -> Result<(), String> {

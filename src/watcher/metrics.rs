@@ -220,11 +220,7 @@ impl Status for WatcherMetrics {
         if reconnects > counted {
             self.etcd_reconnects.inc_by(reconnects - counted);
         }
-        let mut out = String::new();
-        match prometheus_client::encoding::text::encode(&mut out, &self.registry) {
-            Ok(()) => out,
-            Err(e) => format!("# encoding the metrics failed: {e}\n"),
-        }
+        crate::core::serve::encode(&self.registry)
     }
 
     fn ready(&self) -> Result<(), String> {

@@ -7,6 +7,7 @@ mod faults_watcher;
 mod harness;
 mod hitless;
 mod operability;
+mod package;
 mod promises;
 mod sidekick;
 mod sidekick_faults;
