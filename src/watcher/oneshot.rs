@@ -3,6 +3,7 @@
 //! the live files and what would be written, and touches nothing. Either exits 1 when any
 //! step fails (a template that does not render, a refused candidate, a failed reload).
 
+use crate::core::etcd::unreachable_reason;
 use crate::core::files::unified_diff;
 use crate::watcher::args::WatcherArgs;
 use crate::watcher::build::WatcherPipeline;
@@ -16,7 +17,14 @@ pub(crate) async fn one_shot(
     args: &WatcherArgs,
     mut pipeline: WatcherPipeline,
 ) -> Result<ExitCode> {
-    let client = args.etcd.connect().await?;
+    let endpoints = args.etcd.endpoints.join(",");
+    let unreachable = |e: anyhow::Error| match unreachable_reason(&e) {
+        Some(why) => anyhow!(
+            "etcd unreachable at {endpoints}: {why} (is etcd running, and is --etcd right?)"
+        ),
+        None => e,
+    };
+    let client = args.etcd.connect().await.map_err(unreachable)?;
     let prefixes: Vec<_> = args.service_prefixes()?.into_iter().enumerate().collect();
     let snapshot = tokio::time::timeout(
         args.etcd.etcd_timeout * 4,
@@ -24,11 +32,9 @@ pub(crate) async fn one_shot(
     )
     .await
     .map_err(|_| {
-        anyhow!(
-            "listing services from etcd at {} timed out (4 × --etcd-timeout)",
-            args.etcd.endpoints.join(",")
-        )
-    })??;
+        anyhow!("etcd unreachable at {endpoints}: listing timed out (4 × --etcd-timeout)")
+    })?
+    .map_err(unreachable)?;
     pipeline.handle(Input::Etcd(snapshot), tokio::time::Instant::now());
     if args.dry_run {
         let mut failed = false;

@@ -515,3 +515,28 @@ fn the_systemd_units_verify_cleanly() {
     assert!(String::from_utf8_lossy(&o.stdout)
         .contains("runtime-socket = \"/run/haproxy/admin.sock\"  # file"));
 }
+
+#[test]
+fn an_unreachable_etcd_is_one_line_naming_the_endpoint_and_why() {
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let o = Command::new(WATCHER)
+        .args([
+            "--etcd",
+            &url,
+            "--once",
+            "--no-validate",
+            "--output",
+            "/tmp/never.cfg",
+        ])
+        .args(["--etcd-timeout", "1s", "--log-level", "error"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let said = stderr(&o);
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {said}");
+    assert!(
+        lines[0].contains(&format!("etcd unreachable at {url}: connection refused")),
+        "{said}"
+    );
+}

@@ -26,6 +26,39 @@ pub fn is_lease_not_found(e: &Error) -> bool {
     }
 }
 
+/// Why etcd could not be reached, in a few words a person can act on (`connection refused`,
+/// `timed out`, `name not resolved`, `TLS handshake failed`), when the error chain of `e`
+/// shows a transport failure; `None` for anything else (an answer etcd gave).
+pub fn unreachable_reason(e: &anyhow::Error) -> Option<&'static str> {
+    for cause in e.chain() {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return Some(match io.kind() {
+                ConnectionRefused => "connection refused",
+                TimedOut => "timed out",
+                ConnectionReset | ConnectionAborted | BrokenPipe => "connection dropped",
+                HostUnreachable | NetworkUnreachable => "no route to the host",
+                _ => "cannot connect",
+            });
+        }
+    }
+    let text = format!("{e:#}");
+    let has = |needle: &str| text.contains(needle);
+    if has("Connection refused") || has("ConnectionRefused") {
+        Some("connection refused")
+    } else if has("dns error") || has("failed to lookup address") {
+        Some("name not resolved")
+    } else if has("invalid peer certificate") || has("certificate") && has("tls") {
+        Some("TLS handshake failed (check --etcd-ca)")
+    } else if has("tcp connect error") || has("transport error") {
+        Some("cannot connect")
+    } else if has("timed out") || has("deadline has elapsed") {
+        Some("timed out")
+    } else {
+        None
+    }
+}
+
 /// The cluster id etcd reports in response headers, remembered from the first response; shared
 /// by the tasks of one client so that any of them notices a different cluster. Each change
 /// starts a new epoch: a lease granted in an earlier epoch belongs to a cluster that is gone.
@@ -117,5 +150,25 @@ mod tests {
             "reported once, then the new one is the norm"
         );
         assert_eq!((c.get(), c.epoch()), (9, 1));
+    }
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_connection_is_named_as_such() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let e = anyhow::Error::new(io)
+            .context("tcp connect error")
+            .context("listing");
+        assert_eq!(unreachable_reason(&e), Some("connection refused"));
+        let e = anyhow::anyhow!("dns error: failed to lookup address information");
+        assert_eq!(unreachable_reason(&e), Some("name not resolved"));
+        assert_eq!(
+            unreachable_reason(&anyhow::anyhow!("etcdserver: permission denied")),
+            None
+        );
     }
 }

@@ -5,4 +5,4 @@ mod connect;
 mod fault;
 
 pub use connect::EtcdArgs;
-pub use fault::{is_lease_not_found, ClusterId};
+pub use fault::{is_lease_not_found, unreachable_reason, ClusterId};

@@ -124,7 +124,14 @@ async fn connect_and_list(
             Ok(ok) => return ok,
             Err(e) => {
                 let delay = backoff.next_delay();
-                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, endpoints = %args.endpoints.join(","), "etcd unreachable; keeping the last good config");
+                match crate::core::etcd::unreachable_reason(&e) {
+                    Some(why) => {
+                        tracing::warn!(reason = why, retry_in = ?delay, endpoints = %args.endpoints.join(","), "etcd unreachable ({why}); keeping the last good config")
+                    }
+                    None => {
+                        tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, endpoints = %args.endpoints.join(","), "etcd unreachable; keeping the last good config")
+                    }
+                }
                 tokio::time::sleep(delay).await;
             }
         }
