@@ -107,7 +107,14 @@ async fn watch(
         .collect();
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(hup) => {
-            let work = reread_on_hangup(hup, templates.clone(), tx.clone(), token.clone());
+            let has_config = args.config.is_some();
+            let work = reread_on_hangup(
+                hup,
+                templates.clone(),
+                has_config,
+                tx.clone(),
+                token.clone(),
+            );
             workers.spawn("SIGHUP", work);
         }
         Err(e) => {
@@ -207,19 +214,57 @@ async fn forward_etcd(
     }
 }
 
+/// The effective configuration as the process's command line, environment and config file
+/// give it now (`--print-config`'s text), or why it is refused.
+fn effective_config() -> Result<String, String> {
+    use clap::CommandFactory;
+    let cmd = WatcherArgs::command();
+    match crate::core::config::get_matches(cmd.clone(), std::env::args_os().collect()) {
+        Ok(parsed) => Ok(crate::core::config::print_config(&cmd, &parsed)),
+        Err(crate::core::config::ParseError::Config(e)) => Err(e.to_string()),
+        Err(crate::core::config::ParseError::Clap(e)) => Err(e.to_string()),
+    }
+}
+
+/// SIGHUP on a config file: says whether it changed. A file that is now refused is named with
+/// its line and key, and the configuration the watcher runs keeps running; settings that
+/// changed take effect at the next restart (templates are re-read at once).
+fn check_config_file(started_with: &Result<String, String>) {
+    match (effective_config(), started_with) {
+        (Err(why), _) => {
+            tracing::error!(error = %why, "SIGHUP: the config file is refused; the configuration the watcher started with keeps running")
+        }
+        (Ok(now), Ok(then)) if now != *then => {
+            let changed: Vec<&str> = now
+                .lines()
+                .filter(|l| !then.lines().any(|t| t == *l))
+                .filter_map(|l| l.split(" = ").next())
+                .collect();
+            tracing::warn!(?changed, "SIGHUP: the config file changed; templates are re-read now, the other settings take effect at the next restart");
+        }
+        (Ok(_), _) => tracing::info!("SIGHUP: the config file is unchanged"),
+    }
+}
+
 /// SIGHUP (`systemctl reload`): re-reads every template, as if each had changed on disk
-/// (a broken one keeps its last good version, as always); never stops the watcher.
+/// (a broken one keeps its last good version, as always), and checks the config file
+/// (see [`check_config_file`]); never stops the watcher.
 async fn reread_on_hangup(
     mut hup: tokio::signal::unix::Signal,
     templates: Vec<PathBuf>,
+    has_config_file: bool,
     tx: mpsc::Sender<Input>,
     token: CancellationToken,
 ) -> Result<()> {
+    let started_with = effective_config();
     loop {
         tokio::select! {
             biased;
             _ = token.cancelled() => return Ok(()),
             got = hup.recv() => if got.is_none() { return Ok(()) },
+        }
+        if has_config_file {
+            check_config_file(&started_with);
         }
         if templates.is_empty() {
             tracing::info!("SIGHUP: nothing to re-read (the built-in template)");

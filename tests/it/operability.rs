@@ -540,3 +540,42 @@ fn an_unreachable_etcd_is_one_line_naming_the_endpoint_and_why() {
         "{said}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_checks_the_config_file_and_a_broken_one_changes_nothing() {
+    let mut w = World::new().await;
+    let b = Backends::start(2).await;
+    w.put(&b.key(0), "running").await;
+    let file = w.path().join("dockreg-haproxy.toml");
+    std::fs::write(&file, "drain-timeout = \"30s\"\n").unwrap();
+    let f = file.display().to_string();
+    let watcher = w.watcher(&["--config", &f]);
+    crate::endstate::converged(&w, &["/service"], Duration::from_secs(15)).await;
+    // Broken: refused with its line and key, and nothing changes.
+    std::fs::write(
+        &file,
+        "drain-timeout = \"30s\"\nmin_reload_intervall = \"1s\"\n",
+    )
+    .unwrap();
+    watcher.signal("HUP");
+    watcher.wait_log("the config file is refused").await;
+    assert!(
+        watcher
+            .log_text()
+            .contains(":2:1: key `min_reload_intervall`"),
+        "{}",
+        watcher.log_text()
+    );
+    w.put(&b.key(1), "running").await;
+    crate::endstate::converged(&w, &["/service"], Duration::from_secs(10)).await;
+    // Changed: named, for the next restart.
+    std::fs::write(&file, "drain-timeout = \"10s\"\n").unwrap();
+    watcher.signal("HUP");
+    watcher.wait_log("the config file changed").await;
+    assert!(
+        watcher.log_text().contains("drain-timeout"),
+        "{}",
+        watcher.log_text()
+    );
+    assert_eq!(watcher.stop().code(), Some(0));
+}
