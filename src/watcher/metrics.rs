@@ -60,6 +60,8 @@ pub struct WatcherMetrics {
     pub endpoints: Family<ServiceLabels, Gauge>,
     pub keys_skipped: Family<ReasonLabels, Gauge>,
     pending_age: Gauge<f64, AtomicU64>,
+    /// HAProxy workers from before the last reload, still finishing their connections.
+    pub old_workers: Gauge,
     etcd_connected: Gauge,
     etcd_reconnects: Counter<u64, AtomicU64>,
     /// When the oldest change not yet applied arrived (ms since the epoch; 0: none).
@@ -93,6 +95,7 @@ impl WatcherMetrics {
             endpoints: Family::default(),
             keys_skipped: Family::default(),
             pending_age: Gauge::default(),
+            old_workers: Gauge::default(),
             etcd_connected: Gauge::default(),
             etcd_reconnects: Counter::default(),
             pending_since_ms: AtomicI64::new(0),
@@ -154,6 +157,11 @@ impl WatcherMetrics {
             "oldest_pending_change_age_seconds",
             "How long the oldest change not yet applied has waited (0: none)",
             m.pending_age.clone(),
+        );
+        r.register(
+            "haproxy_old_workers",
+            "HAProxy workers from before a reload still finishing their connections (from the master's show proc, every 5 s)",
+            m.old_workers.clone(),
         );
         r.register(
             "etcd_connected",

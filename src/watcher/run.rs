@@ -79,6 +79,14 @@ async fn watch(
         let addr = listener.local_addr()?;
         let metrics = Arc::new(WatcherMetrics::new(status.clone()));
         pipeline = pipeline.with_metrics(metrics.clone());
+        if let Some(path) = &args.master_socket {
+            let master = crate::haproxy::MasterSocket {
+                path: path.clone(),
+                timeout: args.reload_timeout,
+            };
+            let work = watch_old_workers(master, metrics.clone(), token.clone());
+            workers.spawn("HAProxy workers", work);
+        }
         let t = token.clone();
         workers.spawn("metrics and health", async move {
             crate::core::serve::serve(listener, metrics, t.cancelled_owned()).await
@@ -210,6 +218,33 @@ async fn forward_etcd(
         };
         if !send_or_stop(&tx, Input::Etcd(event), &token).await? {
             return Ok(());
+        }
+    }
+}
+
+/// Every 5 s, how many HAProxy workers from before a reload are still finishing their
+/// connections (`show proc` on the master socket), for the metrics. HAProxy away is no error
+/// here: the reloads report it.
+async fn watch_old_workers(
+    master: crate::haproxy::MasterSocket,
+    metrics: Arc<WatcherMetrics>,
+    token: CancellationToken,
+) -> Result<()> {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+    loop {
+        match master.show_proc().await {
+            Ok(procs) => {
+                let current = procs.current_workers().count();
+                let old = procs.workers.len().saturating_sub(current);
+                metrics
+                    .old_workers
+                    .set(i64::try_from(old).unwrap_or(i64::MAX));
+            }
+            Err(e) => tracing::debug!(error = %e, "show proc for the metrics failed"),
+        }
+        tokio::select! {
+            _ = token.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(EVERY) => {}
         }
     }
 }
