@@ -37,7 +37,7 @@ pub(crate) fn build(args: &WatcherArgs) -> Result<WatcherPipeline, Fatal> {
     }
     let reloader = reloader(args);
     if reloader.is_none() && !args.dry_run {
-        tracing::warn!("no reload method (--master-socket or --reload-cmd): the outputs are written and checked, but HAProxy is not told; it loads them only when something else reloads it");
+        tracing::warn!("no reload method (--master-socket or --reload-cmd): the outputs are written, but HAProxy is not told; it loads them only when something else reloads it");
     }
     let runtime = runtime_path(args, reloader.is_some()).map_err(Fatal::usage)?;
     let validator = validator(args).map_err(Fatal::usage)?;
