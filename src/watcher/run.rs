@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 /// for a `--once`/`--dry-run` failure); `Err` is a fatal error, a usage error or a runtime
 /// failure, for [`Fatal::report`].
 pub async fn run(args: WatcherArgs, shutdown: impl Future<Output = ()>) -> Result<ExitCode, Fatal> {
-    let pipeline = build(&args)?;
+    let mut pipeline = build(&args)?;
     if !args.dry_run {
         remove_stale_temporaries(&args, &pipeline)?;
     }
@@ -53,11 +53,35 @@ pub async fn run(args: WatcherArgs, shutdown: impl Future<Output = ()>) -> Resul
         return Ok(one_shot(&args, pipeline).await?);
     }
     prepare_state_file(&args)?;
-    let listener = match args.metrics_addr {
-        Some(addr) => Some(crate::core::serve::bind(addr).await.map_err(Fatal::usage)?),
-        None => None,
-    };
-    watch(&args, pipeline, listener, shutdown).await?;
+    // Watch mode, one generation per configuration: a SIGHUP with a changed, working config
+    // file ends the generation like a stop (the step in progress finishes) and starts the
+    // next one with the new settings; HAProxy keeps serving in between.
+    let (restart_tx, mut restart_rx) = mpsc::channel::<WatcherArgs>(1);
+    tokio::pin!(shutdown);
+    let mut args = args;
+    loop {
+        let listener = match args.metrics_addr {
+            Some(addr) => Some(crate::core::serve::bind(addr).await.map_err(Fatal::usage)?),
+            None => None,
+        };
+        let next = std::cell::RefCell::new(None);
+        let stop = async {
+            tokio::select! {
+                _ = &mut shutdown => {}
+                Some(new) = restart_rx.recv() => *next.borrow_mut() = Some(new),
+            }
+        };
+        watch(&args, pipeline, listener, restart_tx.clone(), stop).await?;
+        let Some(new) = next.into_inner() else {
+            crate::core::process::sd_notify("STOPPING=1");
+            break;
+        };
+        tracing::info!("applying the changed config file");
+        args = new;
+        pipeline = build(&args)?;
+        remove_stale_temporaries(&args, &pipeline)?;
+        prepare_state_file(&args)?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -66,6 +90,7 @@ async fn watch(
     args: &WatcherArgs,
     pipeline: WatcherPipeline,
     listener: Option<tokio::net::TcpListener>,
+    restart: mpsc::Sender<WatcherArgs>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let token = CancellationToken::new();
@@ -119,7 +144,7 @@ async fn watch(
             let work = reread_on_hangup(
                 hup,
                 templates.clone(),
-                has_config,
+                has_config.then_some(restart),
                 tx.clone(),
                 token.clone(),
             );
@@ -157,12 +182,7 @@ async fn watch(
             Err(anyhow!("its input closed"))
         }
     });
-    workers
-        .supervise(async {
-            shutdown.await;
-            crate::core::process::sd_notify("STOPPING=1");
-        })
-        .await
+    workers.supervise(shutdown).await
 }
 
 /// Tells systemd's watchdog the watcher is alive, every third of its interval, as long as the
@@ -249,57 +269,81 @@ async fn watch_old_workers(
     }
 }
 
-/// The effective configuration as the process's command line, environment and config file
-/// give it now (`--print-config`'s text), or why it is refused.
-fn effective_config() -> Result<String, String> {
-    use clap::CommandFactory;
+/// The configuration as the process's command line, environment and config file give it now:
+/// `--print-config`'s text and the flags, or why it is refused.
+fn reread_config() -> Result<(String, WatcherArgs), String> {
+    use clap::{CommandFactory, FromArgMatches};
     let cmd = WatcherArgs::command();
-    match crate::core::config::get_matches(cmd.clone(), std::env::args_os().collect()) {
-        Ok(parsed) => Ok(crate::core::config::print_config(&cmd, &parsed)),
-        Err(crate::core::config::ParseError::Config(e)) => Err(e.to_string()),
-        Err(crate::core::config::ParseError::Clap(e)) => Err(e.to_string()),
-    }
+    let parsed = match crate::core::config::get_matches(cmd.clone(), std::env::args_os().collect())
+    {
+        Ok(parsed) => parsed,
+        Err(crate::core::config::ParseError::Config(e)) => return Err(e.to_string()),
+        Err(crate::core::config::ParseError::Clap(e)) => return Err(e.to_string()),
+    };
+    let args = WatcherArgs::from_arg_matches(&parsed.matches).map_err(|e| e.to_string())?;
+    Ok((crate::core::config::print_config(&cmd, &parsed), args))
 }
 
-/// SIGHUP on a config file: says whether it changed. A file that is now refused is named with
-/// its line and key, and the configuration the watcher runs keeps running; settings that
-/// changed take effect at the next restart (templates are re-read at once).
-fn check_config_file(started_with: &Result<String, String>) {
-    match (effective_config(), started_with) {
-        (Err(why), _) => {
-            tracing::error!(error = %why, "SIGHUP: the config file is refused; the configuration the watcher started with keeps running")
+/// SIGHUP on a config file: the new configuration if it changed and works (`build` takes it);
+/// otherwise why not is logged, and the configuration that runs keeps running.
+fn changed_config(started_with: &str) -> Option<WatcherArgs> {
+    let (now, args) = match reread_config() {
+        Ok(read) => read,
+        Err(why) => {
+            tracing::error!(error = %why, "SIGHUP: the config file is refused; the running configuration stays");
+            return None;
         }
-        (Ok(now), Ok(then)) if now != *then => {
-            let changed: Vec<&str> = now
-                .lines()
-                .filter(|l| !then.lines().any(|t| t == *l))
-                .filter_map(|l| l.split(" = ").next())
-                .collect();
-            tracing::warn!(?changed, "SIGHUP: the config file changed; templates are re-read now, the other settings take effect at the next restart");
+    };
+    if now == started_with {
+        tracing::info!("SIGHUP: the config file is unchanged");
+        return None;
+    }
+    let changed: Vec<&str> = now
+        .lines()
+        .filter(|l| !started_with.lines().any(|t| t == *l))
+        .filter_map(|l| l.split(" = ").next())
+        .collect();
+    if args.once || args.dry_run {
+        tracing::error!(?changed, "SIGHUP: the config file now asks for --once or --dry-run, which a running watcher cannot do; the running configuration stays");
+        return None;
+    }
+    match build(&args) {
+        Ok(_) => {
+            tracing::info!(?changed, "SIGHUP: the config file changed; applying it");
+            Some(args)
         }
-        (Ok(_), _) => tracing::info!("SIGHUP: the config file is unchanged"),
+        Err(e) => {
+            tracing::error!(?changed, error = %e, "SIGHUP: the changed config file does not work; the running configuration stays");
+            None
+        }
     }
 }
 
 /// SIGHUP (`systemctl reload`): re-reads every template, as if each had changed on disk
-/// (a broken one keeps its last good version, as always), and checks the config file
-/// (see [`check_config_file`]); never stops the watcher.
+/// (a broken one keeps its last good version, as always); with a config file, a changed one
+/// that works is applied through `restart` (see [`changed_config`]). Never stops the watcher.
 async fn reread_on_hangup(
     mut hup: tokio::signal::unix::Signal,
     templates: Vec<PathBuf>,
-    has_config_file: bool,
+    restart: Option<mpsc::Sender<WatcherArgs>>,
     tx: mpsc::Sender<Input>,
     token: CancellationToken,
 ) -> Result<()> {
-    let started_with = effective_config();
+    let started_with = reread_config().map(|(text, _)| text).unwrap_or_default();
     loop {
         tokio::select! {
             biased;
             _ = token.cancelled() => return Ok(()),
             got = hup.recv() => if got.is_none() { return Ok(()) },
         }
-        if has_config_file {
-            check_config_file(&started_with);
+        if let Some(restart) = &restart {
+            if let Some(new) = changed_config(&started_with) {
+                // The generation ends (the token is cancelled) and the next one starts with
+                // `new`; this worker waits for that like any other.
+                let _ = restart.send(new).await;
+                token.cancelled().await;
+                return Ok(());
+            }
         }
         if templates.is_empty() {
             tracing::info!("SIGHUP: nothing to re-read (the built-in template)");

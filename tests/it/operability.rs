@@ -542,19 +542,20 @@ fn an_unreachable_etcd_is_one_line_naming_the_endpoint_and_why() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_checks_the_config_file_and_a_broken_one_changes_nothing() {
+async fn sighup_applies_a_changed_config_file_and_a_broken_one_changes_nothing() {
     let mut w = World::new().await;
     let b = Backends::start(2).await;
     w.put(&b.key(0), "running").await;
+    w.put("/api/10.0.0.7:80", "running").await;
     let file = w.path().join("dockreg-haproxy.toml");
-    std::fs::write(&file, "drain-timeout = \"30s\"\n").unwrap();
+    std::fs::write(&file, "prefix = [\"/service\"]\n").unwrap();
     let f = file.display().to_string();
     let watcher = w.watcher(&["--config", &f]);
     crate::endstate::converged(&w, &["/service"], Duration::from_secs(15)).await;
     // Broken: refused with its line and key, and nothing changes.
     std::fs::write(
         &file,
-        "drain-timeout = \"30s\"\nmin_reload_intervall = \"1s\"\n",
+        "prefix = [\"/service\"]\nmin_reload_intervall = \"1s\"\n",
     )
     .unwrap();
     watcher.signal("HUP");
@@ -568,14 +569,15 @@ async fn sighup_checks_the_config_file_and_a_broken_one_changes_nothing() {
     );
     w.put(&b.key(1), "running").await;
     crate::endstate::converged(&w, &["/service"], Duration::from_secs(10)).await;
-    // Changed: named, for the next restart.
-    std::fs::write(&file, "drain-timeout = \"10s\"\n").unwrap();
+    // Changed and working: applied without a restart — a second service appears.
+    std::fs::write(&file, "prefix = [\"/service\", \"/api\"]\n").unwrap();
     watcher.signal("HUP");
-    watcher.wait_log("the config file changed").await;
-    assert!(
-        watcher.log_text().contains("drain-timeout"),
-        "{}",
-        watcher.log_text()
-    );
+    watcher
+        .wait_log("the config file changed; applying it")
+        .await;
+    crate::endstate::converged(&w, &["/service", "/api"], Duration::from_secs(15)).await;
+    // Still one process, and it still follows etcd.
+    w.del(&b.key(0)).await;
+    crate::endstate::converged(&w, &["/service", "/api"], Duration::from_secs(10)).await;
     assert_eq!(watcher.stop().code(), Some(0));
 }
