@@ -59,11 +59,21 @@ pub async fn run(args: WatcherArgs, shutdown: impl Future<Output = ()>) -> Resul
     let (restart_tx, mut restart_rx) = mpsc::channel::<WatcherArgs>(1);
     tokio::pin!(shutdown);
     let mut args = args;
+    let mut first = true;
     loop {
         let listener = match args.metrics_addr {
-            Some(addr) => Some(crate::core::serve::bind(addr).await.map_err(Fatal::usage)?),
             None => None,
+            Some(addr) => match crate::core::serve::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) if first => return Err(Fatal::usage(e)),
+                // A configuration applied at SIGHUP: keep watching, without the endpoints.
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "serving no metrics or health until the next restart");
+                    None
+                }
+            },
         };
+        first = false;
         let next = std::cell::RefCell::new(None);
         let stop = async {
             tokio::select! {
@@ -306,6 +316,16 @@ fn changed_config(started_with: &str) -> Option<WatcherArgs> {
     if args.once || args.dry_run {
         tracing::error!(?changed, "SIGHUP: the config file now asks for --once or --dry-run, which a running watcher cannot do; the running configuration stays");
         return None;
+    }
+    // The metrics address is bound when the next generation starts: make sure it can be.
+    if let Some(addr) = args.metrics_addr {
+        // (The running generation holds the address it serves on: only a new one is tried.)
+        if !started_with.contains(&format!("metrics-addr = \"{addr}\"")) {
+            if let Err(e) = std::net::TcpListener::bind(addr) {
+                tracing::error!(?changed, error = %e, "SIGHUP: the changed config file's --metrics-addr {addr} cannot be bound; the running configuration stays");
+                return None;
+            }
+        }
     }
     match build(&args) {
         Ok(_) => {
