@@ -21,7 +21,8 @@ pub const LEGACY_VALUE: &str = "running";
 pub const DEFAULT_WEIGHT: u16 = 100;
 /// HAProxy's largest server weight.
 pub const MAX_WEIGHT: u16 = 256;
-const MAX_TAGS: usize = 32;
+/// The most tags a value may carry.
+pub const MAX_TAGS: usize = 32;
 const MAX_WORD: usize = 128;
 
 /// Why a value is not endpoint metadata.
@@ -119,6 +120,12 @@ impl EndpointValue {
             hostname,
         })
     }
+}
+
+/// Checks one tag as the watcher will (the sidekick's `--tag`): ASCII letters, digits and
+/// `. _ - : = / +`, 1 to 128 characters.
+pub fn check_tag(value: &str) -> Result<String, ValueError> {
+    check_word("tag", value.to_string())
 }
 
 fn check_word(field: &'static str, value: String) -> Result<String, ValueError> {

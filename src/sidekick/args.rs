@@ -91,6 +91,11 @@ pub struct SidekickArgs {
     #[arg(long, env = "DOCKREG_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) ttl: Duration,
 
+    /// Tag written into the value (repeat, or comma-separated): ASCII letters, digits and
+    /// `. _ - : = / +`, e.g. `canary`, `zone=a`. Templates see them as `e.tags`.
+    #[arg(long = "tag", env = "DOCKREG_TAGS", value_delimiter = ',', value_parser = parse_tag)]
+    pub(crate) tags: Vec<String>,
+
     /// Weight written into the value (0-256).
     #[arg(long, env = "DOCKREG_WEIGHT", value_parser = clap::value_parser!(u16).range(0..=256))]
     pub(crate) weight: Option<u16>,
@@ -130,6 +135,11 @@ pub struct SidekickArgs {
     /// Wrapper mode: the app command to start as a child (after `--`).
     #[arg(last = true)]
     pub(crate) command: Vec<String>,
+}
+
+/// A `--tag` the watcher will take, or why not.
+fn parse_tag(value: &str) -> Result<String, String> {
+    crate::core::endpoint::check_tag(value).map_err(|e| e.to_string())
 }
 
 impl SidekickArgs {

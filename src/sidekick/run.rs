@@ -71,11 +71,23 @@ fn value(args: &SidekickArgs, found: Option<&Discovered>) -> Result<String> {
     EndpointValue {
         container: found.map(|d| d.container_id.chars().take(12).collect()),
         hostname: found.map(|d| d.hostname.clone()).filter(|h| !h.is_empty()),
-        tags: Vec::new(),
+        tags: args.tags.clone(),
         weight: args.weight.map(u64::from),
     }
     .to_json()
     .context("writing the endpoint value as JSON")
+}
+
+/// At most [`MAX_TAGS`](crate::core::endpoint::MAX_TAGS) tags, or the watcher skips the value.
+fn check_tags(args: &SidekickArgs) -> Result<()> {
+    let max = crate::core::endpoint::MAX_TAGS;
+    if args.tags.len() > max {
+        anyhow::bail!(
+            "--tag: {} tags, more than the {max} a value may carry",
+            args.tags.len()
+        );
+    }
+    Ok(())
 }
 
 fn check_of(args: &SidekickArgs) -> Result<Check> {
@@ -181,6 +193,7 @@ pub async fn run(
     let prefix = args
         .prefix()
         .map_err(|e| Fatal::usage(anyhow!("--key: {e}")))?;
+    check_tags(&args).map_err(Fatal::usage)?;
     let metrics = Arc::new(SidekickMetrics::new());
     let serving = CancellationToken::new();
     if let Some(addr) = args.metrics_addr {
@@ -442,6 +455,25 @@ mod tests {
             value(&args(&[]), Some(&d)).unwrap().as_bytes()
         )
         .is_ok());
+    }
+
+    #[test]
+    fn tags_go_into_the_value_and_a_tag_the_watcher_would_refuse_is_a_usage_error() {
+        let v = value(&args(&["--tag", "canary", "--tag", "zone=a,v2"]), None).unwrap();
+        assert_eq!(v, r#"{"tags":["canary","zone=a","v2"]}"#);
+        let meta = crate::core::endpoint::parse_value(v.as_bytes()).unwrap();
+        assert_eq!(meta.tags, ["canary", "zone=a", "v2"]);
+        let e = SidekickArgs::try_parse_from(["dockreg", "--port", "8000", "--tag", "a b"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--tag") && e.contains("may hold only"), "{e}");
+        let many: Vec<String> = (0..=crate::core::endpoint::MAX_TAGS)
+            .map(|i| format!("t{i}"))
+            .collect();
+        let e = check_tags(&args(&["--tag", &many.join(",")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--tag") && e.contains("32"), "{e}");
     }
 
     #[test]
