@@ -251,6 +251,33 @@ impl Status for WatcherMetrics {
     }
 }
 
+/// Every 5 s, how many HAProxy workers from before a reload are still finishing their
+/// connections (`show proc` on the master socket), for the metrics. HAProxy away is no error
+/// here: the reloads report it.
+pub(crate) async fn watch_old_workers(
+    master: crate::haproxy::MasterSocket,
+    metrics: Arc<WatcherMetrics>,
+    token: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+    loop {
+        match master.show_proc().await {
+            Ok(procs) => {
+                let current = procs.current_workers().count();
+                let old = procs.workers.len().saturating_sub(current);
+                metrics
+                    .old_workers
+                    .set(i64::try_from(old).unwrap_or(i64::MAX));
+            }
+            Err(e) => tracing::debug!(error = %e, "show proc for the metrics failed"),
+        }
+        tokio::select! {
+            _ = token.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(EVERY) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

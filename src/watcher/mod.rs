@@ -5,6 +5,7 @@
 //! - `run`: watch mode — the etcd source, the template watch and the pipeline as supervised
 //!   workers, and the process's entry point [`run()`];
 //! - `oneshot`: `--once` and `--dry-run`;
+//! - `signals`: SIGHUP (templates and config file re-read) and systemd's watchdog;
 //! - `supervise`: named workers under one cancellation token;
 //! - `source`: list + watch of every service prefix in etcd;
 //! - `catalog`: the endpoints per service, and the template context;
@@ -21,6 +22,7 @@ mod oneshot;
 pub(crate) mod pipeline;
 pub(crate) mod render;
 mod run;
+mod signals;
 pub(crate) mod source;
 mod supervise;
 mod templates;

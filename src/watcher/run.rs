@@ -1,6 +1,6 @@
 //! Watch mode wiring, and the watcher's entry point [`run`].
 //!
-//! Five supervised workers ([`Workers`]) share one cancellation token:
+//! Supervised workers ([`Workers`]) share one cancellation token:
 //!
 //! ```text
 //! etcd source ──WatchEvent──► etcd forwarder ──┐
@@ -12,9 +12,15 @@
 //! - **etcd forwarder**: its events into the pipeline's input channel;
 //! - **template watch**: owns the notify watcher; the changed template paths its callback
 //!   queues into the pipeline's input channel (only when `--template` is given);
-//! - **SIGHUP**: re-reads every template on `systemctl reload` (a SIGHUP never stops it);
+//! - **SIGHUP**: re-reads every template and the config file on `systemctl reload` (see
+//!   `signals.rs`; a SIGHUP never stops it);
+//! - **systemd watchdog** (under a unit with `WatchdogSec`), **metrics and health** and
+//!   **HAProxy workers** (with `--metrics-addr`);
 //! - **pipeline**: [`Pipeline::run`](crate::watcher::pipeline::Pipeline::run), the one task
 //!   that owns all state.
+//!
+//! One generation of workers runs per configuration: a SIGHUP that brings a changed config
+//! file that works ends the generation like a stop and [`run`] starts the next one.
 //!
 //! Shutdown: SIGTERM or SIGINT cancels the token. The source, forwarder and template watch
 //! stop at once; the pipeline finishes the step in progress and lets the runtime path's
@@ -29,6 +35,7 @@ use crate::watcher::build::{build, prepare_state_file, remove_stale_temporaries,
 use crate::watcher::metrics::WatcherMetrics;
 use crate::watcher::oneshot::one_shot;
 use crate::watcher::pipeline::Input;
+use crate::watcher::signals;
 use crate::watcher::source::{watch_services, SourceStatus, WatchEvent};
 use crate::watcher::supervise::Workers;
 use crate::watcher::templates::watch_templates;
@@ -119,7 +126,8 @@ async fn watch(
                 path: path.clone(),
                 timeout: args.reload_timeout,
             };
-            let work = watch_old_workers(master, metrics.clone(), token.clone());
+            let work =
+                crate::watcher::metrics::watch_old_workers(master, metrics.clone(), token.clone());
             workers.spawn("HAProxy workers", work);
         }
         let t = token.clone();
@@ -151,7 +159,7 @@ async fn watch(
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(hup) => {
             let has_config = args.config.is_some();
-            let work = reread_on_hangup(
+            let work = signals::reread_on_hangup(
                 hup,
                 templates.clone(),
                 has_config.then_some(restart),
@@ -179,7 +187,7 @@ async fn watch(
     if let Some(interval) = crate::core::process::sd_watchdog_interval() {
         workers.spawn(
             "systemd watchdog",
-            watchdog(interval, tx_watchdog, token.clone()),
+            signals::watchdog(interval, tx_watchdog, token.clone()),
         );
     }
     let t = token.clone();
@@ -195,35 +203,12 @@ async fn watch(
     workers.supervise(shutdown).await
 }
 
-/// Tells systemd's watchdog the watcher is alive, every third of its interval, as long as the
-/// pipeline answers a heartbeat (it answers between steps; a reload takes at most
-/// `--reload-timeout`, so the unit's WatchdogSec is longer than that).
-async fn watchdog(
-    interval: std::time::Duration,
-    tx: mpsc::Sender<Input>,
-    token: CancellationToken,
-) -> Result<()> {
-    let every = interval / 3;
-    loop {
-        tokio::select! {
-            _ = token.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(every) => {}
-        }
-        let (reply, answered) = tokio::sync::oneshot::channel();
-        if !send_or_stop(&tx, Input::Heartbeat(reply), &token).await? {
-            return Ok(());
-        }
-        tokio::select! {
-            _ = token.cancelled() => return Ok(()),
-            got = answered => if got.is_ok() {
-                crate::core::process::sd_notify("WATCHDOG=1");
-            },
-        }
-    }
-}
-
 /// Sends `item` on `tx` unless the token is cancelled first; `Ok(false)` when cancelled.
-async fn send_or_stop<T>(tx: &mpsc::Sender<T>, item: T, token: &CancellationToken) -> Result<bool> {
+pub(super) async fn send_or_stop<T>(
+    tx: &mpsc::Sender<T>,
+    item: T,
+    token: &CancellationToken,
+) -> Result<bool> {
     tokio::select! {
         biased;
         _ = token.cancelled() => Ok(false),
@@ -248,135 +233,6 @@ async fn forward_etcd(
         };
         if !send_or_stop(&tx, Input::Etcd(event), &token).await? {
             return Ok(());
-        }
-    }
-}
-
-/// Every 5 s, how many HAProxy workers from before a reload are still finishing their
-/// connections (`show proc` on the master socket), for the metrics. HAProxy away is no error
-/// here: the reloads report it.
-async fn watch_old_workers(
-    master: crate::haproxy::MasterSocket,
-    metrics: Arc<WatcherMetrics>,
-    token: CancellationToken,
-) -> Result<()> {
-    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-    loop {
-        match master.show_proc().await {
-            Ok(procs) => {
-                let current = procs.current_workers().count();
-                let old = procs.workers.len().saturating_sub(current);
-                metrics
-                    .old_workers
-                    .set(i64::try_from(old).unwrap_or(i64::MAX));
-            }
-            Err(e) => tracing::debug!(error = %e, "show proc for the metrics failed"),
-        }
-        tokio::select! {
-            _ = token.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(EVERY) => {}
-        }
-    }
-}
-
-/// The configuration as the process's command line, environment and config file give it now:
-/// `--print-config`'s text and the flags, or why it is refused.
-fn reread_config() -> Result<(String, WatcherArgs), String> {
-    use clap::{CommandFactory, FromArgMatches};
-    let cmd = WatcherArgs::command();
-    let parsed = match crate::core::config::get_matches(cmd.clone(), std::env::args_os().collect())
-    {
-        Ok(parsed) => parsed,
-        Err(crate::core::config::ParseError::Config(e)) => return Err(e.to_string()),
-        Err(crate::core::config::ParseError::Clap(e)) => return Err(e.to_string()),
-    };
-    let args = WatcherArgs::from_arg_matches(&parsed.matches).map_err(|e| e.to_string())?;
-    Ok((crate::core::config::print_config(&cmd, &parsed), args))
-}
-
-/// SIGHUP on a config file: the new configuration if it changed and works (`build` takes it);
-/// otherwise why not is logged, and the configuration that runs keeps running.
-fn changed_config(started_with: &str) -> Option<WatcherArgs> {
-    let (now, args) = match reread_config() {
-        Ok(read) => read,
-        Err(why) => {
-            tracing::error!(error = %why, "SIGHUP: the config file is refused; the running configuration stays");
-            return None;
-        }
-    };
-    if now == started_with {
-        tracing::info!("SIGHUP: the config file is unchanged");
-        return None;
-    }
-    let changed: Vec<&str> = now
-        .lines()
-        .filter(|l| !started_with.lines().any(|t| t == *l))
-        .filter_map(|l| l.split(" = ").next())
-        .collect();
-    if args.once || args.dry_run {
-        tracing::error!(?changed, "SIGHUP: the config file now asks for --once or --dry-run, which a running watcher cannot do; the running configuration stays");
-        return None;
-    }
-    // The metrics address is bound when the next generation starts: make sure it can be.
-    if let Some(addr) = args.metrics_addr {
-        // (The running generation holds the address it serves on: only a new one is tried.)
-        if !started_with.contains(&format!("metrics-addr = \"{addr}\"")) {
-            if let Err(e) = std::net::TcpListener::bind(addr) {
-                tracing::error!(?changed, error = %e, "SIGHUP: the changed config file's --metrics-addr {addr} cannot be bound; the running configuration stays");
-                return None;
-            }
-        }
-    }
-    match build(&args) {
-        Ok(_) => {
-            tracing::info!(?changed, "SIGHUP: the config file changed; applying it");
-            Some(args)
-        }
-        Err(e) => {
-            tracing::error!(?changed, error = %e, "SIGHUP: the changed config file does not work; the running configuration stays");
-            None
-        }
-    }
-}
-
-/// SIGHUP (`systemctl reload`): re-reads every template, as if each had changed on disk
-/// (a broken one keeps its last good version, as always); with a config file, a changed one
-/// that works is applied through `restart` (see [`changed_config`]). Never stops the watcher.
-async fn reread_on_hangup(
-    mut hup: tokio::signal::unix::Signal,
-    templates: Vec<PathBuf>,
-    restart: Option<mpsc::Sender<WatcherArgs>>,
-    tx: mpsc::Sender<Input>,
-    token: CancellationToken,
-) -> Result<()> {
-    let started_with = reread_config().map(|(text, _)| text).unwrap_or_default();
-    loop {
-        tokio::select! {
-            biased;
-            _ = token.cancelled() => return Ok(()),
-            got = hup.recv() => if got.is_none() { return Ok(()) },
-        }
-        if let Some(restart) = &restart {
-            if let Some(new) = changed_config(&started_with) {
-                // The generation ends (the token is cancelled) and the next one starts with
-                // `new`; this worker waits for that like any other.
-                let _ = restart.send(new).await;
-                token.cancelled().await;
-                return Ok(());
-            }
-        }
-        if templates.is_empty() {
-            tracing::info!("SIGHUP: nothing to re-read (the built-in template)");
-            continue;
-        }
-        tracing::info!(
-            templates = templates.len(),
-            "SIGHUP: re-reading the templates"
-        );
-        for path in &templates {
-            if !send_or_stop(&tx, Input::Template(path.clone()), &token).await? {
-                return Ok(());
-            }
         }
     }
 }
