@@ -7,7 +7,8 @@
 //! - [`watcher`]: `dockreg-haproxy` — etcd source, catalog, rendering, the change pipeline;
 //! - [`haproxy`]: HAProxy's edge — configuration model, planner, admin and master sockets,
 //!   validation and reload;
-//! - [`sidekick`]: `dockreg` — Docker discovery, health checks, lease registration, wrapper.
+//! - [`sidekick`]: `dockreg` — Docker discovery, health checks, lease registration, wrapper;
+//! - [`agent`]: `dockreg agent` — one agent per host, registering containers from Docker events.
 
 #![forbid(unsafe_code)]
 // No unwrap, expect or panic on a runtime path: errors are values that name what is at fault.
@@ -16,6 +17,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod agent;
 pub mod core;
 pub mod haproxy;
 pub mod sidekick;

@@ -3,7 +3,8 @@
 #![forbid(unsafe_code)]
 
 use clap::{parser::ValueSource, Parser};
-use dockreg::core::config::parse_args;
+use dockreg::agent::AgentArgs;
+use dockreg::core::config::{parse_args, parse_args_from};
 use dockreg::core::process::Fatal;
 use dockreg::sidekick::{healthcheck, run, stop_signal, HealthcheckArgs, SidekickArgs};
 use std::process::ExitCode;
@@ -28,6 +29,10 @@ async fn main() -> ExitCode {
             }
         };
     }
+    // `dockreg agent`: one agent per host, registering containers from Docker events.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "agent") {
+        return agent().await;
+    }
     let (args, matches): (SidekickArgs, _) = match parse_args(SidekickArgs::command_line()) {
         Ok(parsed) => parsed,
         Err(done) => return done,
@@ -45,5 +50,28 @@ async fn main() -> ExitCode {
     match run(args, stop_signal()).await {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(fatal) => fatal.report(SidekickArgs::command_line()),
+    }
+}
+
+/// `dockreg agent …`: the arguments after `agent`, parsed like the sidekick's (config file,
+/// `--print-config`), then the agent until SIGTERM or SIGINT.
+async fn agent() -> ExitCode {
+    let argv = std::iter::once("dockreg agent".into())
+        .chain(std::env::args_os().skip(2))
+        .collect();
+    let (args, matches): (AgentArgs, _) = match parse_args_from(AgentArgs::command_line(), argv) {
+        Ok(parsed) => parsed,
+        Err(done) => return done,
+    };
+    dockreg::core::process::init_logging(args.log_format, args.log_level.as_deref());
+    if matches.value_source("endpoints") == Some(ValueSource::DefaultValue) {
+        return Fatal::usage(anyhow::anyhow!(
+            "--etcd is required (or DOCKREG_ETCD): the etcd endpoints, comma-separated"
+        ))
+        .report(AgentArgs::command_line());
+    }
+    match dockreg::agent::run(args, dockreg::core::process::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(fatal) => fatal.report(AgentArgs::command_line()),
     }
 }

@@ -196,7 +196,16 @@ fn key_span(text: &str, key: &str) -> Option<std::ops::Range<usize>> {
 pub fn parse_args<T: clap::FromArgMatches>(
     cmd: clap::Command,
 ) -> Result<(T, clap::ArgMatches), std::process::ExitCode> {
-    let parsed = match get_matches(cmd.clone(), std::env::args_os().collect()) {
+    parse_args_from(cmd, std::env::args_os().collect())
+}
+
+/// [`parse_args`] of the given arguments (the first one is the program's name), e.g. those
+/// after a subcommand.
+pub fn parse_args_from<T: clap::FromArgMatches>(
+    cmd: clap::Command,
+    argv: Vec<std::ffi::OsString>,
+) -> Result<(T, clap::ArgMatches), std::process::ExitCode> {
+    let parsed = match get_matches(cmd.clone(), argv) {
         Ok(p) => p,
         Err(ParseError::Clap(e)) => e.exit(),
         Err(ParseError::Config(e)) => {

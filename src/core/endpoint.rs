@@ -68,6 +68,10 @@ impl Metadata {
 /// fields are ignored when read.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct EndpointValue {
+    /// The host agent that wrote the value (`dockreg agent --agent-id`), so that a restarted
+    /// agent knows its own keys; absent in a sidekick's value. Not shown to templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
     /// The container's short id (12 hex digits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
@@ -232,6 +236,7 @@ mod tests {
             hostname: Some("web-1".into()),
             tags: vec!["v2".into(), "zone=a".into()],
             weight: Some(50),
+            agent: None,
         };
         let text = value.to_json().unwrap();
         assert_eq!(

@@ -18,14 +18,14 @@
 #![forbid(unsafe_code)]
 
 mod args;
-mod call;
-mod check;
-mod docker;
+pub(crate) mod call;
+pub(crate) mod check;
+pub(crate) mod docker;
 mod metrics;
 mod register;
 mod run;
 mod signals;
-mod tasks;
+pub(crate) mod tasks;
 mod wrapper;
 
 pub use args::{HealthcheckArgs, SidekickArgs};

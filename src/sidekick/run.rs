@@ -73,6 +73,7 @@ fn value(args: &SidekickArgs, found: Option<&Discovered>) -> Result<String> {
         hostname: found.map(|d| d.hostname.clone()).filter(|h| !h.is_empty()),
         tags: args.tags.clone(),
         weight: args.weight.map(u64::from),
+        agent: None,
     }
     .to_json()
     .context("writing the endpoint value as JSON")

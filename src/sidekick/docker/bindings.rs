@@ -90,7 +90,7 @@ fn list(bindings: &BTreeSet<Binding>) -> String {
 ///   not published, an error asks to run the container with `-p <port>`.
 ///
 /// An `ip` that no other host can reach (unspecified, multicast, broadcast) is refused.
-pub(super) fn select_binding(
+pub(crate) fn select_binding(
     ports: &HashMap<String, Option<Vec<PortBinding>>>,
     port: u16,
     ip: Option<IpAddr>,

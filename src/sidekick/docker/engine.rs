@@ -21,7 +21,7 @@ const DOCKER_TIMEOUT: Duration = Duration::from_secs(DOCKER_TIMEOUT_SECS);
 /// Clear errors before bollard turns them into generic connection failures: the path missing,
 /// a directory (what `-v` creates when the host path did not exist), not a socket, permission
 /// denied, nothing listening.
-pub(super) async fn check_socket(socket: &Path) -> Result<(), DockerError> {
+pub(crate) async fn check_socket(socket: &Path) -> Result<(), DockerError> {
     let owned = || socket.to_path_buf();
     match tokio::fs::metadata(socket).await {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -129,7 +129,7 @@ fn connect_with(socket: &Path, path: &str, version: &ClientVersion) -> Result<Do
 /// The version in the engine's answer to a client version it does not support:
 /// `client version 1.53 is too new. Maximum supported API version is 1.41`, or
 /// `... is too old. Minimum supported API version is 1.44, please upgrade ...`.
-fn supported_api_version(message: &str) -> Option<ClientVersion> {
+pub(crate) fn supported_api_version(message: &str) -> Option<ClientVersion> {
     const MARKER: &str = "supported API version is ";
     let start = message.find(MARKER)? + MARKER.len();
     let rest = message.get(start..)?;
@@ -145,7 +145,7 @@ fn supported_api_version(message: &str) -> Option<ClientVersion> {
 }
 
 /// Maps a bollard error to what the user needs to know.
-fn map_error(err: BollardError, socket: &Path, container: &str) -> DockerError {
+pub(crate) fn map_error(err: BollardError, socket: &Path, container: &str) -> DockerError {
     let socket = socket.to_path_buf();
     match err {
         BollardError::DockerResponseServerError {

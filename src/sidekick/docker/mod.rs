@@ -18,11 +18,12 @@
 
 mod bindings;
 mod container_id;
-mod engine;
+pub(crate) mod engine;
 
-use bindings::select_binding;
+pub(crate) use bindings::select_binding;
 use bollard::models::{ContainerInspectResponse, PortBinding};
-use engine::{check_socket, Engine};
+pub(crate) use engine::check_socket;
+use engine::Engine;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
