@@ -352,6 +352,14 @@ pub(crate) fn plan(facts: &Facts, defaults: &Defaults, ip: IpAddr) -> Plan {
         None => None,
     };
 
+    if facts.host_network && !only && base_name.is_some() && named.is_empty() {
+        let why = format!(
+            "{}: uses host networking, so its ports are not published: label it \
+             dockreg.port=<the port the app listens on>; not registered",
+            r.who()
+        );
+        r.problems.push(Problem(why));
+    }
     let check = read_check(&mut r, defaults);
     let mut wanted = Vec::new();
     for (p, own) in named {
