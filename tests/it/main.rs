@@ -1,6 +1,7 @@
 //! Integration tests: one test binary with a shared harness (real etcd, real HAProxy, real
 //! HTTP backends and real requests; the real Docker engine for the sidekick).
 
+mod agent;
 mod endstate;
 mod faults_etcd;
 mod faults_watcher;

@@ -269,6 +269,16 @@ impl Container {
             .unwrap_or_else(|| panic!("no IPv4 binding in `docker port`: {out}"))
     }
 
+    /// The host port Docker published `port/tcp` on for host address `ip` (`-p ip::port`).
+    pub fn host_port_on(&self, ip: &str, port: u16) -> u16 {
+        let out = docker(&["port", &self.id, &format!("{port}/tcp")]);
+        out.lines()
+            .find(|l| l.starts_with(&format!("{ip}:")))
+            .and_then(|l| l.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no binding on {ip} in `docker port`: {out}"))
+    }
+
     /// `docker exec <id> <args>`.
     pub fn exec(&self, args: &[&str]) {
         let mut all = vec!["exec", self.id.as_str()];

@@ -1,0 +1,343 @@
+//! End-to-end tests of `dockreg agent` on the host against the real Docker engine and a real
+//! etcd: containers of the local test image with labels are started, stopped, killed, paused,
+//! made unhealthy; etcd must hold exactly the healthy, running, opted-in ones, within a second
+//! of each event, and keep the healthy ones across an agent killed with SIGKILL.
+
+use crate::harness::*;
+use dockreg_testkit::docker::*;
+use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const DOCKREG: &str = env!("CARGO_BIN_EXE_dockreg");
+const ROOT: &str = "/services";
+
+/// The agent on the host, logging to a file.
+pub struct Agent {
+    pub log: PathBuf,
+    child: ChildGuard,
+}
+
+impl Agent {
+    pub fn start(dir: &Path, etcd: &str, extra: &[&str]) -> Agent {
+        let log = dir.join(format!("agent-{}.log", free_port()));
+        let file = File::create(&log).expect("create agent log");
+        let child = Command::new(DOCKREG)
+            .args(["agent", "--etcd", etcd, "--ip", "127.0.0.1", "--ttl", "3s"])
+            .args(["--interval", "300ms", "--timeout", "250ms"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start dockreg agent");
+        Agent {
+            log,
+            child: ChildGuard(child),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+    }
+}
+
+/// An app container of the test image: busybox httpd on 8000 with `/health`, published on
+/// 127.0.0.1, with `labels` and `env`; its image HEALTHCHECK is off unless `docker_args` say.
+pub fn app(labels: &[&str], env: &[&str], docker_args: &[&str]) -> Container {
+    let mut args: Vec<String> = vec!["-p".into(), "127.0.0.1::8000".into()];
+    for l in labels {
+        args.push("-l".into());
+        args.push((*l).into());
+    }
+    for e in env {
+        args.push("-e".into());
+        args.push((*e).into());
+    }
+    if !docker_args.iter().any(|a| a.starts_with("--health")) {
+        args.push("--no-healthcheck".into());
+    }
+    args.extend(docker_args.iter().map(|s| s.to_string()));
+    args.extend(["--entrypoint", "/bin/busybox"].map(String::from));
+    let all: Vec<&str> = args.iter().map(String::as_str).collect();
+    Container::run(&all, &["httpd", "-f", "-p", "8000", "-h", "/www"])
+}
+
+/// Labels of a web container checked fast over HTTP.
+pub const WEB: [&str; 5] = [
+    "dockreg.service=web",
+    "dockreg.check=http:/health",
+    "dockreg.check.interval=200ms",
+    "dockreg.check.rise=1",
+    "dockreg.check.fall=1",
+];
+
+/// The key a container of service `service` gets.
+pub fn key_of(service: &str, c: &Container) -> String {
+    format!("{ROOT}/{service}/127.0.0.1:{}", c.host_port_on("127.0.0.1", 8000))
+}
+
+pub async fn keys(client: &Client) -> BTreeSet<String> {
+    let mut kv = client.kv_client();
+    let resp = kv
+        .get(format!("{ROOT}/"), Some(GetOptions::new().with_prefix().with_keys_only()))
+        .await
+        .expect("list keys");
+    resp.kvs()
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .collect()
+}
+
+/// Waits until etcd's keys are exactly `want`; returns how long it took. Fails after `within`.
+pub async fn exactly(client: &Client, want: &BTreeSet<String>, within: Duration, what: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        let have = keys(client).await;
+        if &have == want {
+            return start.elapsed();
+        }
+        if start.elapsed() > within {
+            panic!("{what}: etcd holds {have:#?}, want {want:#?} (waited {within:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    _etcd: Etcd,
+    url: String,
+    client: Client,
+}
+
+async fn setup() -> Option<Setup> {
+    if !docker_available() {
+        eprintln!("Docker not available; skipping");
+        return None;
+    }
+    image();
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path()).await;
+    let client = etcd.client().await;
+    Some(Setup {
+        url: etcd.url(),
+        dir,
+        _etcd: etcd,
+        client,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_registers_exactly_the_healthy_running_opted_in_containers() {
+    let Some(s) = setup().await else { return };
+    let agent = Agent::start(s.dir.path(), &s.url, &[]);
+    let second = Duration::from_secs(1);
+
+    // Eight opted in (one by registrator's SERVICE_NAME), one ignored, one not opted in.
+    let mut web: Vec<Container> = (0..7).map(|_| app(&WEB, &[], &[])).collect();
+    let api = app(
+        &["dockreg.check=http:/health", "dockreg.check.interval=200ms"],
+        &["SERVICE_NAME=api"],
+        &[],
+    );
+    let ignored = app(&WEB, &["SERVICE_IGNORE=1"], &[]);
+    let plain = app(&[], &[], &[]);
+    let mut want: BTreeSet<String> = web.iter().map(|c| key_of("web", c)).collect();
+    want.insert(key_of("api", &api));
+    let took = exactly(&s.client, &want, Duration::from_secs(10), "ten containers").await;
+    eprintln!("ten containers registered {took:?} after the last docker run");
+
+    // docker stop: out at the kill event, before the app even exits.
+    let stopped = web.remove(0);
+    want.remove(&key_of("web", &stopped));
+    docker(&["stop", "-t", "1", &stopped.id]);
+    let took = exactly(&s.client, &want, second, "docker stop").await;
+    eprintln!("docker stop → key gone in {took:?} after the command returned");
+
+    // docker kill.
+    let killed = web.remove(0);
+    want.remove(&key_of("web", &killed));
+    docker(&["kill", &killed.id]);
+    let took = exactly(&s.client, &want, second, "docker kill").await;
+    eprintln!("docker kill → key gone in {took:?}");
+
+    // pause and unpause.
+    let paused = &web[0];
+    let key = key_of("web", paused);
+    want.remove(&key);
+    docker(&["pause", &paused.id]);
+    exactly(&s.client, &want, second, "docker pause").await;
+    want.insert(key);
+    docker(&["unpause", &paused.id]);
+    let took = exactly(&s.client, &want, second, "docker unpause").await;
+    eprintln!("docker unpause → key back in {took:?}");
+
+    // The app fails its check, then passes again.
+    let sick = &web[1];
+    let key = key_of("web", sick);
+    want.remove(&key);
+    sick.exec(&["/bin/busybox", "rm", "/www/health"]);
+    let took = exactly(&s.client, &want, second, "unhealthy").await;
+    eprintln!("unhealthy → key gone in {took:?}");
+    want.insert(key);
+    sick.exec(&["/bin/busybox", "sh", "-c", "echo ok > /www/health"]);
+    exactly(&s.client, &want, second, "healthy again").await;
+
+    // A stopped container started again comes back (on its new host port).
+    docker(&["start", &stopped.id]);
+    want.insert(key_of("web", &stopped));
+    exactly(&s.client, &want, Duration::from_secs(3), "docker start").await;
+
+    // The ignored and the plain container never showed up.
+    let all = keys(&s.client).await;
+    for c in [&ignored, &plain] {
+        assert!(
+            !all.iter().any(|k| k.ends_with(&format!(":{}", c.host_port_on("127.0.0.1", 8000)))),
+            "{} registered",
+            c.id
+        );
+    }
+
+    // The values carry the agent and the container; a steady state writes nothing.
+    let mut kv = s.client.kv_client();
+    let resp = kv.get(key_of("api", &api), None).await.unwrap();
+    let value = resp.kvs()[0].value_str().unwrap().to_string();
+    assert!(value.contains("\"agent\":\"127.0.0.1\""), "{value}");
+    assert!(value.contains(&api.id[..12]), "{value}");
+    let before = kv.get("x", None).await.unwrap().header().unwrap().revision();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = kv.get("x", None).await.unwrap().header().unwrap().revision();
+    assert_eq!(before, after, "etcd writes at rest; agent log:\n{}", agent.log_text());
+    drop((killed, stopped));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_follows_the_containers_own_healthcheck() {
+    let Some(s) = setup().await else { return };
+    let _agent = Agent::start(s.dir.path(), &s.url, &[]);
+    let c = app(
+        &["dockreg.service=hc"],
+        &[],
+        &[
+            "--health-cmd",
+            "/bin/busybox wget -q -O /dev/null http://127.0.0.1:8000/health",
+            "--health-interval",
+            "300ms",
+            "--health-retries",
+            "1",
+            "--health-timeout",
+            "1s",
+        ],
+    );
+    let key = key_of("hc", &c);
+    let mut want = BTreeSet::from([key.clone()]);
+    exactly(&s.client, &want, Duration::from_secs(10), "healthy by HEALTHCHECK").await;
+    c.exec(&["/bin/busybox", "rm", "/www/health"]);
+    want.clear();
+    exactly(&s.client, &want, Duration::from_secs(5), "unhealthy by HEALTHCHECK").await;
+    c.exec(&["/bin/busybox", "sh", "-c", "echo ok > /www/health"]);
+    want.insert(key);
+    exactly(&s.client, &want, Duration::from_secs(5), "healthy again").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_labels_never_reach_etcd() {
+    let Some(s) = setup().await else { return };
+    let agent = Agent::start(s.dir.path(), &s.url, &[]);
+    let long = format!("dockreg.service={}", "a".repeat(10 * 1024));
+    let long_tag = format!("dockreg.tags={}", "t".repeat(10 * 1024));
+    let hostile: Vec<Container> = vec![
+        app(&["dockreg.service=bad name", "dockreg.check=none"], &[], &[]),
+        app(&["dockreg.service=x#y", "dockreg.check=none"], &[], &[]),
+        app(&["dockreg.service=web\nbackend evil", "dockreg.check=none"], &[], &[]),
+        app(&[&long, "dockreg.check=none"], &[], &[]),
+        app(&["dockreg.service=ok", "dockreg.tags=a b", "dockreg.check=none"], &[], &[]),
+        app(&["dockreg.service=ok", &long_tag, "dockreg.check=none"], &[], &[]),
+        app(&["dockreg.service=ok", "dockreg.weight=9999", "dockreg.check=none"], &[], &[]),
+        app(&[], &["SERVICE_NAME=a/b", "SERVICE_CHECK_TCP=true"], &[]),
+    ];
+    // A good container beside them, to know the agent has looked.
+    let good = app(&["dockreg.service=good", "dockreg.check=none"], &[], &[]);
+    let want = BTreeSet::from([key_of("good", &good)]);
+    exactly(&s.client, &want, Duration::from_secs(10), "only the good one").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(keys(&s.client).await, want);
+    let log = agent.log_text();
+    for c in &hostile {
+        let short = &c.id[..12];
+        assert_eq!(
+            log.matches(&format!("({short})")).count(),
+            1,
+            "one warning naming container {short}:\n{log}"
+        );
+    }
+    assert!(!log.contains(&"a".repeat(100)), "a 10 KB label is not logged whole");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_killed_and_restarted_keeps_healthy_keys_and_catches_up() {
+    let Some(s) = setup().await else { return };
+    let agent = Agent::start(s.dir.path(), &s.url, &[]);
+    let stays: Vec<Container> = (0..4).map(|_| app(&WEB, &[], &[])).collect();
+    let goes = app(&WEB, &[], &[]);
+    let mut want: BTreeSet<String> = stays.iter().map(|c| key_of("web", c)).collect();
+    want.insert(key_of("web", &goes));
+    exactly(&s.client, &want, Duration::from_secs(10), "before the kill").await;
+
+    let staying: BTreeSet<String> = stays.iter().map(|c| key_of("web", c)).collect();
+    agent.kill9();
+    // While the agent is down: one container stops, a new one starts.
+    want.remove(&key_of("web", &goes));
+    drop(goes);
+    let new = app(&WEB, &[], &[]);
+    want.insert(key_of("web", &new));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let agent = Agent::start(s.dir.path(), &s.url, &[]);
+    let took = exactly(&s.client, &want, Duration::from_secs(5), "after the restart").await;
+    eprintln!("restarted agent matched the truth after {took:?}");
+    // Past the dead agent's lease TTL (3 s): the adopted keys stayed.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(keys(&s.client).await, want, "agent log:\n{}", agent.log_text());
+    let mut c = s.client.clone();
+    // Every delete since etcd started (nothing is compacted here): none of a staying key.
+    let mut again = c
+        .watch(
+            format!("{ROOT}/"),
+            Some(WatchOptions::new().with_prefix().with_start_revision(1)),
+        )
+        .await
+        .unwrap();
+    let mut deleted = Vec::new();
+    let end = c.get("x", None).await.unwrap().header().unwrap().revision();
+    'outer: while let Ok(Some(resp)) = again.message().await {
+        for e in resp.events() {
+            if e.event_type() == EventType::Delete {
+                deleted.push(e.kv().unwrap().key_str().unwrap().to_string());
+            }
+            if e.kv().is_some_and(|kv| kv.mod_revision() >= end) {
+                break 'outer;
+            }
+        }
+        if resp.header().is_some_and(|h| h.revision() >= end) {
+            break;
+        }
+    }
+    for k in &staying {
+        assert!(!deleted.contains(k), "healthy key {k} was deleted during the restart: {deleted:?}");
+    }
+    assert!(
+        agent.log_text().contains("adopting"),
+        "agent log:\n{}",
+        agent.log_text()
+    );
+}
