@@ -45,6 +45,15 @@ pub struct AgentArgs {
     #[arg(long, env = "DOCKREG_AGENT_ID")]
     pub(crate) agent_id: Option<String>,
 
+    /// Only containers with this label (`KEY` or `KEY=VALUE`; repeat: all must match), e.g.
+    /// to run one agent per team or environment on a shared engine.
+    #[arg(
+        long = "label-filter",
+        env = "DOCKREG_LABEL_FILTER",
+        value_delimiter = ','
+    )]
+    pub(crate) label_filter: Vec<String>,
+
     /// Default health check interval (label dockreg.check.interval).
     #[arg(long, env = "DOCKREG_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub(crate) interval: Duration,

@@ -80,11 +80,13 @@ impl DockerAddr {
 pub(crate) struct Engine {
     docker: Docker,
     addr: DockerAddr,
+    /// `--label-filter`: Docker's `label` filter for the listing and the events.
+    labels: Vec<String>,
 }
 
 impl Engine {
     /// Connects and agrees on an API version with the engine.
-    pub(crate) async fn connect(addr: &DockerAddr) -> Result<Self, DockerError> {
+    pub(crate) async fn connect(addr: &DockerAddr, labels: &[String]) -> Result<Self, DockerError> {
         let shown = addr.shown();
         let docker = match addr {
             DockerAddr::Unix(path) => {
@@ -126,13 +128,17 @@ impl Engine {
         Ok(Self {
             docker,
             addr: addr.clone(),
+            labels: labels.to_vec(),
         })
     }
 
     /// The ids of the running containers (paused ones included).
     pub(crate) async fn running(&self) -> Result<Vec<String>, DockerError> {
+        let filters = (!self.labels.is_empty())
+            .then(|| HashMap::from([("label".to_string(), self.labels.clone())]));
         let opts = ListContainersOptions {
             all: false,
+            filters,
             ..Default::default()
         };
         let list = self
@@ -181,18 +187,29 @@ impl Engine {
         &self,
         since: Option<u64>,
     ) -> impl Stream<Item = Result<EventMessage, BollardError>> + use<> {
-        let filters = HashMap::from([
+        let mut filters = HashMap::from([
             ("type".to_string(), vec!["container".to_string()]),
             (
                 "event".to_string(),
                 EVENTS.iter().map(|e| (*e).to_string()).collect(),
             ),
         ]);
+        if !self.labels.is_empty() {
+            filters.insert("label".to_string(), self.labels.clone());
+        }
         self.docker.clone().events(Some(EventsOptions {
             since: since.map(|s| s.to_string()),
             filters: Some(filters),
             ..Default::default()
         }))
+    }
+
+    /// Whether `facts` carry every label of `--label-filter` (`KEY` or `KEY=VALUE`).
+    pub(crate) fn selects(&self, facts: &Facts) -> bool {
+        self.labels.iter().all(|f| match f.split_once('=') {
+            Some((k, v)) => facts.labels.get(k).is_some_and(|have| have == v),
+            None => facts.labels.contains_key(f.as_str()),
+        })
     }
 
     /// Where the engine is, for messages.

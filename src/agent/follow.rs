@@ -30,11 +30,15 @@ pub(crate) enum DockerInput {
 /// ever. Every connection starts by asking for the events of the last seconds too, so none is
 /// lost between the main loop's listing and the stream's start (an event seen twice is
 /// harmless: the main loop inspects the container again). Returns when the receiver is gone.
-pub(crate) async fn follow_docker(addr: DockerAddr, tx: mpsc::Sender<DockerInput>) {
+pub(crate) async fn follow_docker(
+    addr: DockerAddr,
+    labels: Vec<String>,
+    tx: mpsc::Sender<DockerInput>,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut last_error = String::new();
     loop {
-        match Engine::connect(&addr).await {
+        match Engine::connect(&addr, &labels).await {
             Ok(engine) => {
                 let since = SystemTime::now()
                     .duration_since(UNIX_EPOCH)

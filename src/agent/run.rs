@@ -114,6 +114,15 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()>) -> Result<
             "--agent-id {agent_id:?}: may hold only ASCII letters, digits and . _ - : = / +"
         ))
     })?;
+    if let Some(bad) = args
+        .label_filter
+        .iter()
+        .find(|f| f.split('=').next().is_none_or(|k| k.trim().is_empty()))
+    {
+        return Err(Fatal::usage(anyhow!(
+            "--label-filter {bad:?}: expected KEY or KEY=VALUE"
+        )));
+    }
     if args.ttl < Duration::from_secs(2) {
         return Err(Fatal::usage(anyhow!("--ttl must be at least 2s")));
     }
@@ -165,15 +174,25 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()>) -> Result<
     };
 
     let (docker_tx, mut docker_rx) = mpsc::channel(1024);
-    let follower = tokio::spawn(follow_docker(docker, docker_tx));
+    let follower = tokio::spawn(follow_docker(docker, args.label_filter.clone(), docker_tx));
     let (deleted_tx, mut deleted) = mpsc::channel(256);
     let watcher = tokio::spawn(watch_deletes(client, root, deadline, notice_tx, deleted_tx));
     let mut resync = tokio::time::interval_at(Instant::now() + args.resync, args.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut retry_at: Option<Instant> = None;
+    // SIGHUP never stops the agent: it resyncs everything at once.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     tokio::pin!(shutdown);
     loop {
+        let hup = async {
+            match hangup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         let retry_sleep = async {
             match retry_at {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -187,6 +206,10 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()>) -> Result<
             Some(n) = notices.recv() => agent.notice(n).await,
             Some(d) = deleted.recv() => agent.deleted(d),
             _ = resync.tick() => agent.resync().await,
+            () = hup => {
+                tracing::info!("SIGHUP: resyncing every container");
+                agent.resync().await;
+            }
             () = retry_sleep => {}
         }
         // Take whatever else is already waiting before talking to etcd (a burst of events).
@@ -404,9 +427,11 @@ impl Agent {
 
     /// Reconciles one container with what Docker said of it (`None`: gone).
     fn container(&mut self, id: &str, facts: Option<Facts>) {
+        let selected = |f: &&Facts| self.engine.as_ref().is_none_or(|e| e.selects(f));
         let plan = facts
             .as_ref()
             .filter(|_| !self.stopping.contains(id))
+            .filter(selected)
             .map(|f| plan(f, &self.defaults, self.ip))
             .unwrap_or_default();
         let tracked = self.containers.remove(id).unwrap_or_default();

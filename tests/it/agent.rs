@@ -22,12 +22,15 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn start(dir: &Path, etcd: &str, extra: &[&str]) -> Agent {
+    /// Starts the agent for the containers of `scope` (see [`app`]).
+    pub fn start(dir: &Path, etcd: &str, scope: &str, extra: &[&str]) -> Agent {
         let log = dir.join(format!("agent-{}.log", free_port()));
         let file = File::create(&log).expect("create agent log");
         let child = Command::new(DOCKREG)
             .args(["agent", "--etcd", etcd, "--ip", "127.0.0.1", "--ttl", "3s"])
             .args(["--interval", "300ms", "--timeout", "250ms"])
+            .arg("--label-filter")
+            .arg(format!("dockreg.test={scope}"))
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -52,8 +55,15 @@ impl Agent {
 
 /// An app container of the test image: busybox httpd on 8000 with `/health`, published on
 /// 127.0.0.1, with `labels` and `env`; its image HEALTHCHECK is off unless `docker_args` say.
-pub fn app(labels: &[&str], env: &[&str], docker_args: &[&str]) -> Container {
-    let mut args: Vec<String> = vec!["-p".into(), "127.0.0.1::8000".into()];
+/// It carries the label `dockreg.test=<scope>`, which the test's agent filters on, so the
+/// agents of tests running at once never see each other's containers.
+pub fn app(scope: &str, labels: &[&str], env: &[&str], docker_args: &[&str]) -> Container {
+    let mut args: Vec<String> = vec![
+        "-p".into(),
+        "127.0.0.1::8000".into(),
+        "-l".into(),
+        format!("dockreg.test={scope}"),
+    ];
     for l in labels {
         args.push("-l".into());
         args.push((*l).into());
@@ -82,13 +92,19 @@ pub const WEB: [&str; 5] = [
 
 /// The key a container of service `service` gets.
 pub fn key_of(service: &str, c: &Container) -> String {
-    format!("{ROOT}/{service}/127.0.0.1:{}", c.host_port_on("127.0.0.1", 8000))
+    format!(
+        "{ROOT}/{service}/127.0.0.1:{}",
+        c.host_port_on("127.0.0.1", 8000)
+    )
 }
 
 pub async fn keys(client: &Client) -> BTreeSet<String> {
     let mut kv = client.kv_client();
     let resp = kv
-        .get(format!("{ROOT}/"), Some(GetOptions::new().with_prefix().with_keys_only()))
+        .get(
+            format!("{ROOT}/"),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
         .await
         .expect("list keys");
     resp.kvs()
@@ -98,7 +114,12 @@ pub async fn keys(client: &Client) -> BTreeSet<String> {
 }
 
 /// Waits until etcd's keys are exactly `want`; returns how long it took. Fails after `within`.
-pub async fn exactly(client: &Client, want: &BTreeSet<String>, within: Duration, what: &str) -> Duration {
+pub async fn exactly(
+    client: &Client,
+    want: &BTreeSet<String>,
+    within: Duration,
+    what: &str,
+) -> Duration {
     let start = Instant::now();
     loop {
         let have = keys(client).await;
@@ -113,6 +134,8 @@ pub async fn exactly(client: &Client, want: &BTreeSet<String>, within: Duration,
 }
 
 struct Setup {
+    /// This test's containers and agent.
+    scope: String,
     dir: tempfile::TempDir,
     _etcd: Etcd,
     url: String,
@@ -129,6 +152,7 @@ async fn setup() -> Option<Setup> {
     let etcd = Etcd::start(dir.path()).await;
     let client = etcd.client().await;
     Some(Setup {
+        scope: format!("t{}", free_port()),
         url: etcd.url(),
         dir,
         _etcd: etcd,
@@ -139,29 +163,37 @@ async fn setup() -> Option<Setup> {
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_registers_exactly_the_healthy_running_opted_in_containers() {
     let Some(s) = setup().await else { return };
-    let agent = Agent::start(s.dir.path(), &s.url, &[]);
+    let agent = Agent::start(s.dir.path(), &s.url, &s.scope, &[]);
     let second = Duration::from_secs(1);
 
     // Eight opted in (one by registrator's SERVICE_NAME), one ignored, one not opted in.
-    let mut web: Vec<Container> = (0..7).map(|_| app(&WEB, &[], &[])).collect();
+    let mut web: Vec<Container> = (0..7).map(|_| app(&s.scope, &WEB, &[], &[])).collect();
     let api = app(
+        &s.scope,
         &["dockreg.check=http:/health", "dockreg.check.interval=200ms"],
         &["SERVICE_NAME=api"],
         &[],
     );
-    let ignored = app(&WEB, &["SERVICE_IGNORE=1"], &[]);
-    let plain = app(&[], &[], &[]);
+    let ignored = app(&s.scope, &WEB, &["SERVICE_IGNORE=1"], &[]);
+    let plain = app(&s.scope, &[], &[], &[]);
     let mut want: BTreeSet<String> = web.iter().map(|c| key_of("web", c)).collect();
     want.insert(key_of("api", &api));
     let took = exactly(&s.client, &want, Duration::from_secs(10), "ten containers").await;
     eprintln!("ten containers registered {took:?} after the last docker run");
 
-    // docker stop: out at the kill event, before the app even exits.
+    // docker stop: out at the kill event, while the app is still shutting down (busybox
+    // httpd ignores SIGTERM, so it runs until Docker kills it 2 s later).
     let stopped = web.remove(0);
     want.remove(&key_of("web", &stopped));
-    docker(&["stop", "-t", "1", &stopped.id]);
+    let id = stopped.id.clone();
+    let stop = std::thread::spawn(move || docker(&["stop", "-t", "2", &id]));
     let took = exactly(&s.client, &want, second, "docker stop").await;
-    eprintln!("docker stop → key gone in {took:?} after the command returned");
+    assert!(
+        stopped.running(),
+        "the key went only when the container had stopped, not at the stop signal"
+    );
+    eprintln!("docker stop issued → key gone in {took:?}, before the container stopped");
+    stop.join().unwrap();
 
     // docker kill.
     let killed = web.remove(0);
@@ -201,7 +233,8 @@ async fn agent_registers_exactly_the_healthy_running_opted_in_containers() {
     let all = keys(&s.client).await;
     for c in [&ignored, &plain] {
         assert!(
-            !all.iter().any(|k| k.ends_with(&format!(":{}", c.host_port_on("127.0.0.1", 8000)))),
+            !all.iter()
+                .any(|k| k.ends_with(&format!(":{}", c.host_port_on("127.0.0.1", 8000)))),
             "{} registered",
             c.id
         );
@@ -213,18 +246,36 @@ async fn agent_registers_exactly_the_healthy_running_opted_in_containers() {
     let value = resp.kvs()[0].value_str().unwrap().to_string();
     assert!(value.contains("\"agent\":\"127.0.0.1\""), "{value}");
     assert!(value.contains(&api.id[..12]), "{value}");
-    let before = kv.get("x", None).await.unwrap().header().unwrap().revision();
+    let before = kv
+        .get("x", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = kv.get("x", None).await.unwrap().header().unwrap().revision();
-    assert_eq!(before, after, "etcd writes at rest; agent log:\n{}", agent.log_text());
+    let after = kv
+        .get("x", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    assert_eq!(
+        before,
+        after,
+        "etcd writes at rest; agent log:\n{}",
+        agent.log_text()
+    );
     drop((killed, stopped));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_follows_the_containers_own_healthcheck() {
     let Some(s) = setup().await else { return };
-    let _agent = Agent::start(s.dir.path(), &s.url, &[]);
+    let _agent = Agent::start(s.dir.path(), &s.url, &s.scope, &[]);
     let c = app(
+        &s.scope,
         &["dockreg.service=hc"],
         &[],
         &[
@@ -238,12 +289,26 @@ async fn agent_follows_the_containers_own_healthcheck() {
             "1s",
         ],
     );
+    // Docker runs --health-cmd with /bin/sh, which the image has only as busybox.
+    c.exec(&["/bin/busybox", "ln", "-s", "/bin/busybox", "/bin/sh"]);
     let key = key_of("hc", &c);
     let mut want = BTreeSet::from([key.clone()]);
-    exactly(&s.client, &want, Duration::from_secs(10), "healthy by HEALTHCHECK").await;
+    exactly(
+        &s.client,
+        &want,
+        Duration::from_secs(10),
+        "healthy by HEALTHCHECK",
+    )
+    .await;
     c.exec(&["/bin/busybox", "rm", "/www/health"]);
     want.clear();
-    exactly(&s.client, &want, Duration::from_secs(5), "unhealthy by HEALTHCHECK").await;
+    exactly(
+        &s.client,
+        &want,
+        Duration::from_secs(5),
+        "unhealthy by HEALTHCHECK",
+    )
+    .await;
     c.exec(&["/bin/busybox", "sh", "-c", "echo ok > /www/health"]);
     want.insert(key);
     exactly(&s.client, &want, Duration::from_secs(5), "healthy again").await;
@@ -252,23 +317,77 @@ async fn agent_follows_the_containers_own_healthcheck() {
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_labels_never_reach_etcd() {
     let Some(s) = setup().await else { return };
-    let agent = Agent::start(s.dir.path(), &s.url, &[]);
+    let agent = Agent::start(s.dir.path(), &s.url, &s.scope, &[]);
     let long = format!("dockreg.service={}", "a".repeat(10 * 1024));
     let long_tag = format!("dockreg.tags={}", "t".repeat(10 * 1024));
     let hostile: Vec<Container> = vec![
-        app(&["dockreg.service=bad name", "dockreg.check=none"], &[], &[]),
-        app(&["dockreg.service=x#y", "dockreg.check=none"], &[], &[]),
-        app(&["dockreg.service=web\nbackend evil", "dockreg.check=none"], &[], &[]),
-        app(&[&long, "dockreg.check=none"], &[], &[]),
-        app(&["dockreg.service=ok", "dockreg.tags=a b", "dockreg.check=none"], &[], &[]),
-        app(&["dockreg.service=ok", &long_tag, "dockreg.check=none"], &[], &[]),
-        app(&["dockreg.service=ok", "dockreg.weight=9999", "dockreg.check=none"], &[], &[]),
-        app(&[], &["SERVICE_NAME=a/b", "SERVICE_CHECK_TCP=true"], &[]),
+        app(
+            &s.scope,
+            &["dockreg.service=bad name", "dockreg.check=none"],
+            &[],
+            &[],
+        ),
+        app(
+            &s.scope,
+            &["dockreg.service=x#y", "dockreg.check=none"],
+            &[],
+            &[],
+        ),
+        app(
+            &s.scope,
+            &["dockreg.service=web\nbackend evil", "dockreg.check=none"],
+            &[],
+            &[],
+        ),
+        app(&s.scope, &[&long, "dockreg.check=none"], &[], &[]),
+        app(
+            &s.scope,
+            &[
+                "dockreg.service=ok",
+                "dockreg.tags=a b",
+                "dockreg.check=none",
+            ],
+            &[],
+            &[],
+        ),
+        app(
+            &s.scope,
+            &["dockreg.service=ok", &long_tag, "dockreg.check=none"],
+            &[],
+            &[],
+        ),
+        app(
+            &s.scope,
+            &[
+                "dockreg.service=ok",
+                "dockreg.weight=9999",
+                "dockreg.check=none",
+            ],
+            &[],
+            &[],
+        ),
+        app(
+            &s.scope,
+            &[],
+            &["SERVICE_NAME=a/b", "SERVICE_CHECK_TCP=true"],
+            &[],
+        ),
     ];
     // A good container beside them, to know the agent has looked.
-    let good = app(&["dockreg.service=good", "dockreg.check=none"], &[], &[]);
+    let good = app(
+        &s.scope,
+        &["dockreg.service=good", "dockreg.check=none"],
+        &[],
+        &[],
+    );
     let want = BTreeSet::from([key_of("good", &good)]);
-    exactly(&s.client, &want, Duration::from_secs(10), "only the good one").await;
+    exactly(
+        &s.client,
+        &want,
+        Duration::from_secs(10),
+        "only the good one",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(keys(&s.client).await, want);
     let log = agent.log_text();
@@ -280,15 +399,18 @@ async fn hostile_labels_never_reach_etcd() {
             "one warning naming container {short}:\n{log}"
         );
     }
-    assert!(!log.contains(&"a".repeat(100)), "a 10 KB label is not logged whole");
+    assert!(
+        !log.contains(&"a".repeat(100)),
+        "a 10 KB label is not logged whole"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_killed_and_restarted_keeps_healthy_keys_and_catches_up() {
     let Some(s) = setup().await else { return };
-    let agent = Agent::start(s.dir.path(), &s.url, &[]);
-    let stays: Vec<Container> = (0..4).map(|_| app(&WEB, &[], &[])).collect();
-    let goes = app(&WEB, &[], &[]);
+    let agent = Agent::start(s.dir.path(), &s.url, &s.scope, &[]);
+    let stays: Vec<Container> = (0..4).map(|_| app(&s.scope, &WEB, &[], &[])).collect();
+    let goes = app(&s.scope, &WEB, &[], &[]);
     let mut want: BTreeSet<String> = stays.iter().map(|c| key_of("web", c)).collect();
     want.insert(key_of("web", &goes));
     exactly(&s.client, &want, Duration::from_secs(10), "before the kill").await;
@@ -298,16 +420,27 @@ async fn agent_killed_and_restarted_keeps_healthy_keys_and_catches_up() {
     // While the agent is down: one container stops, a new one starts.
     want.remove(&key_of("web", &goes));
     drop(goes);
-    let new = app(&WEB, &[], &[]);
+    let new = app(&s.scope, &WEB, &[], &[]);
     want.insert(key_of("web", &new));
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let agent = Agent::start(s.dir.path(), &s.url, &[]);
-    let took = exactly(&s.client, &want, Duration::from_secs(5), "after the restart").await;
+    let agent = Agent::start(s.dir.path(), &s.url, &s.scope, &[]);
+    let took = exactly(
+        &s.client,
+        &want,
+        Duration::from_secs(5),
+        "after the restart",
+    )
+    .await;
     eprintln!("restarted agent matched the truth after {took:?}");
     // Past the dead agent's lease TTL (3 s): the adopted keys stayed.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(keys(&s.client).await, want, "agent log:\n{}", agent.log_text());
+    assert_eq!(
+        keys(&s.client).await,
+        want,
+        "agent log:\n{}",
+        agent.log_text()
+    );
     let mut c = s.client.clone();
     // Every delete since etcd started (nothing is compacted here): none of a staying key.
     let mut again = c
@@ -333,7 +466,10 @@ async fn agent_killed_and_restarted_keeps_healthy_keys_and_catches_up() {
         }
     }
     for k in &staying {
-        assert!(!deleted.contains(k), "healthy key {k} was deleted during the restart: {deleted:?}");
+        assert!(
+            !deleted.contains(k),
+            "healthy key {k} was deleted during the restart: {deleted:?}"
+        );
     }
     assert!(
         agent.log_text().contains("adopting"),
