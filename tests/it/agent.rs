@@ -137,7 +137,7 @@ struct Setup {
     /// This test's containers and agent.
     scope: String,
     dir: tempfile::TempDir,
-    _etcd: Etcd,
+    etcd: Etcd,
     url: String,
     client: Client,
 }
@@ -155,7 +155,7 @@ async fn setup() -> Option<Setup> {
         scope: format!("t{}", free_port()),
         url: etcd.url(),
         dir,
-        _etcd: etcd,
+        etcd,
         client,
     })
 }
@@ -473,6 +473,43 @@ async fn agent_killed_and_restarted_keeps_healthy_keys_and_catches_up() {
     }
     assert!(
         agent.log_text().contains("adopting"),
+        "agent log:\n{}",
+        agent.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_heals_after_etcd_is_wiped_while_containers_change() {
+    let Some(mut s) = setup().await else { return };
+    let agent = Agent::start(s.dir.path(), &s.url, &s.scope, &[]);
+    let stays: Vec<Container> = (0..3).map(|_| app(&s.scope, &WEB, &[], &[])).collect();
+    let goes = app(&s.scope, &WEB, &[], &[]);
+    let mut want: BTreeSet<String> = stays.iter().map(|c| key_of("web", c)).collect();
+    want.insert(key_of("web", &goes));
+    exactly(
+        &s.client,
+        &want,
+        Duration::from_secs(10),
+        "before the outage",
+    )
+    .await;
+
+    // etcd is lost with its data (a new, empty cluster comes back) while one container stops
+    // and another starts: the lease and every key are gone, the agent's view is stale.
+    s.etcd.kill_and_wipe();
+    want.remove(&key_of("web", &goes));
+    drop(goes);
+    let new = app(&s.scope, &WEB, &[], &[]);
+    want.insert(key_of("web", &new));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    s.etcd.restart().await;
+    let client = s.etcd.client().await;
+    let took = exactly(&client, &want, Duration::from_secs(15), "after the wipe").await;
+    eprintln!("etcd wiped and back: the agent restored the truth {took:?} after etcd answered");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        keys(&client).await,
+        want,
         "agent log:\n{}",
         agent.log_text()
     );
