@@ -514,3 +514,74 @@ async fn agent_heals_after_etcd_is_wiped_while_containers_change() {
         agent.log_text()
     );
 }
+
+/// `socat` forwarding a loopback TCP port to the Docker socket: a stand-in for a socket proxy
+/// (and a Docker engine that can be cut off).
+struct SocketProxy {
+    port: u16,
+    child: Option<ChildGuard>,
+}
+
+impl SocketProxy {
+    fn start(port: u16) -> SocketProxy {
+        let child = Command::new("socat")
+            .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"))
+            .arg("UNIX-CONNECT:/var/run/docker.sock")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start socat (apt-get install socat; tests/run.sh does)");
+        std::thread::sleep(Duration::from_millis(200));
+        SocketProxy {
+            port,
+            child: Some(ChildGuard(child)),
+        }
+    }
+
+    /// Kills socat and every connection it forwards.
+    fn cut(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = c.pid();
+            let _ = Command::new("pkill")
+                .args(["-KILL", "-P", &pid.to_string()])
+                .status();
+            c.stop();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_through_a_tcp_socket_proxy_catches_up_after_losing_the_engine() {
+    let Some(s) = setup().await else { return };
+    let port = free_port();
+    let mut proxy = SocketProxy::start(port);
+    let docker_url = format!("tcp://127.0.0.1:{port}");
+    let agent = Agent::start(s.dir.path(), &s.url, &s.scope, &["--docker", &docker_url]);
+    let stays = app(&s.scope, &WEB, &[], &[]);
+    let goes = app(&s.scope, &WEB, &[], &[]);
+    let mut want = BTreeSet::from([key_of("web", &stays), key_of("web", &goes)]);
+    exactly(
+        &s.client,
+        &want,
+        Duration::from_secs(10),
+        "through the proxy",
+    )
+    .await;
+
+    // The engine is cut off: its events are lost. A container stops and one starts meanwhile;
+    // the registered keys stay as they are until the engine answers again.
+    proxy.cut();
+    want.remove(&key_of("web", &goes));
+    drop(goes);
+    let new = app(&s.scope, &WEB, &[], &[]);
+    want.insert(key_of("web", &new));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _proxy = SocketProxy::start(port);
+    let took = exactly(&s.client, &want, Duration::from_secs(10), "engine back").await;
+    eprintln!("Docker engine back: the agent caught up {took:?} after it answered");
+    assert!(
+        agent.log_text().contains("Docker event stream lost"),
+        "agent log:\n{}",
+        agent.log_text()
+    );
+}
