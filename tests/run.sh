@@ -26,6 +26,8 @@ if command -v docker >/dev/null && docker version >/dev/null 2>&1; then
   docker_ok=true
   # The sidekick tests build a FROM-scratch image: a static busybox is the app.
   [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || need+=(busybox-static)
+  # The agent's socket-proxy test forwards a TCP port to the Docker socket with socat.
+  command -v socat >/dev/null || need+=(socat)
 fi
 if ((${#need[@]})); then
   echo "==> installing ${need[*]} (Debian packages)"

@@ -518,7 +518,6 @@ async fn agent_heals_after_etcd_is_wiped_while_containers_change() {
 /// `socat` forwarding a loopback TCP port to the Docker socket: a stand-in for a socket proxy
 /// (and a Docker engine that can be cut off).
 struct SocketProxy {
-    port: u16,
     child: Option<ChildGuard>,
 }
 
@@ -533,7 +532,6 @@ impl SocketProxy {
             .expect("start socat (apt-get install socat; tests/run.sh does)");
         std::thread::sleep(Duration::from_millis(200));
         SocketProxy {
-            port,
             child: Some(ChildGuard(child)),
         }
     }
