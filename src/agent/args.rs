@@ -80,6 +80,11 @@ pub struct AgentArgs {
     #[arg(long, env = "DOCKREG_RESYNC", default_value = "60s", value_parser = humantime::parse_duration)]
     pub(crate) resync: Duration,
 
+    /// Serve Prometheus metrics (/metrics) and health (/healthz, /readyz: the engine answers,
+    /// every container inspected, etcd in step) on this address, e.g. 127.0.0.1:9478.
+    #[arg(long, env = "DOCKREG_METRICS_ADDR")]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
+
     /// Config file (TOML): any flag by its long name; the environment and flags override it.
     #[arg(long, env = "DOCKREG_CONFIG")]
     pub config: Option<PathBuf>,

@@ -9,7 +9,8 @@
 //! - `engine`: the Docker Engine API (socket or a read-only TCP socket proxy);
 //! - `follow`: the Docker event stream and the etcd watch for deleted keys;
 //! - `registrar`: one lease per agent, fenced puts and deletes, adoption after a restart;
-//! - `run`: the main loop that reconciles them.
+//! - `run`: the main loop that reconciles them;
+//! - `metrics`: what `--metrics-addr` serves.
 //!
 //! It shares the sidekick's health checks, binding rule and etcd call discipline.
 
@@ -19,6 +20,7 @@ mod args;
 mod engine;
 mod follow;
 mod labels;
+mod metrics;
 mod registrar;
 mod run;
 

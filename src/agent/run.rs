@@ -12,6 +12,7 @@ use super::args::AgentArgs;
 use super::engine::{DockerAddr, Engine};
 use super::follow::{follow_docker, watch_deletes, Deleted, DockerInput};
 use super::labels::{plan, CheckKind, Defaults, DockerHealth, Facts, Problem, Wanted};
+use super::metrics::AgentMetrics;
 use super::registrar::{Put, Registrar};
 use crate::core::backoff::Backoff;
 use crate::core::endpoint::EndpointValue;
@@ -90,6 +91,9 @@ struct Agent {
     adopted: bool,
     /// Containers sent a stop signal: not registered until they start again.
     stopping: HashSet<String>,
+    metrics: std::sync::Arc<AgentMetrics>,
+    /// Connections to the engine so far.
+    connections: u64,
 }
 
 /// Runs the agent until `shutdown` completes. Stopping leaves the keys to the lease: they
@@ -133,6 +137,23 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()>) -> Result<
         fall: args.fall,
     };
 
+    let metrics = std::sync::Arc::new(AgentMetrics::new());
+    let (server_stop, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = match args.metrics_addr {
+        Some(addr) => {
+            let listener = crate::core::serve::bind(addr).await.map_err(Fatal::usage)?;
+            let status: std::sync::Arc<dyn crate::core::serve::Status> = metrics.clone();
+            let stop = async {
+                let _ = server_stopped.await;
+            };
+            Some(tokio::spawn(async move {
+                if let Err(e) = crate::core::serve::serve(listener, status, stop).await {
+                    tracing::error!(error = %format!("{e:#}"), "metrics server failed");
+                }
+            }))
+        }
+        None => None,
+    };
     let (notice_tx, mut notices) = mpsc::channel(64);
     let client = connect(&args).await;
     let deadline = args.etcd.etcd_timeout;
@@ -171,6 +192,8 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()>) -> Result<
         engine: None,
         adopted: false,
         stopping: HashSet::new(),
+        metrics: metrics.clone(),
+        connections: 0,
     };
 
     let (docker_tx, mut docker_rx) = mpsc::channel(1024);
@@ -216,12 +239,15 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()>) -> Result<
         while let Ok(r) = results.try_recv() {
             agent.check_result(r);
         }
-        match agent.sync().await {
+        let synced = agent.sync().await;
+        agent.observe(synced.is_err());
+        match synced {
             Ok(()) => {
                 retry.reset();
                 retry_at = None;
             }
             Err(e) => {
+                agent.metrics.etcd_retries.inc();
                 let delay = retry.next_delay();
                 tracing::warn!(error = %e, retry_in = ?delay, pending = agent.dirty.len(), "etcd update failed; retrying (the keys etcd holds stay)");
                 retry_at = Some(Instant::now() + delay);
@@ -235,6 +261,10 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()>) -> Result<
     follower.abort();
     watcher.abort();
     agent.registrar.stop();
+    let _ = server_stop.send(());
+    if let Some(server) = server {
+        let _ = server.await;
+    }
     Ok(())
 }
 
@@ -259,9 +289,18 @@ impl Agent {
             DockerInput::Connected(engine) => {
                 tracing::info!(docker = %engine.addr().shown().display(), "connected to the Docker engine");
                 self.engine = Some(engine);
+                self.connections += 1;
+                if self.connections > 1 {
+                    self.metrics.docker_reconnects.inc();
+                }
+                self.metrics.docker_connected.set(1);
+                self.metrics.synced.set(0);
                 self.resync().await;
             }
-            DockerInput::Lost => self.engine = None,
+            DockerInput::Lost => {
+                self.engine = None;
+                self.metrics.docker_connected.set(0);
+            }
             DockerInput::Event { id, action, signal } => {
                 tracing::debug!(container = %short(&id), action, ?signal, "Docker event");
                 match action.as_str() {
@@ -378,6 +417,10 @@ impl Agent {
             }
         }
         self.audit().await;
+        self.metrics.synced.set(1);
+        self.metrics
+            .resync_seconds
+            .observe(started.elapsed().as_secs_f64());
         tracing::debug!(containers = n, took = ?started.elapsed(), "resynced");
     }
 
@@ -416,6 +459,27 @@ impl Agent {
             tracing::warn!(key = d.key, "key deleted by someone else; putting it back");
             self.dirty.insert(d.key);
         }
+    }
+
+    /// Sets the gauges from the state after a reconcile.
+    fn observe(&self, behind: bool) {
+        let m = &self.metrics;
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        m.containers.set(gauge(
+            self.containers
+                .values()
+                .filter(|t| !t.keys.is_empty())
+                .count(),
+        ));
+        m.refused.set(gauge(
+            self.containers
+                .values()
+                .filter(|t| !t.problems.is_empty())
+                .count(),
+        ));
+        m.endpoints.set(gauge(self.entries.len()));
+        m.registered.set(gauge(self.registrar.held()));
+        m.behind.set(i64::from(behind));
     }
 
     fn wanted_up(&self) -> impl Iterator<Item = String> + '_ {
@@ -564,6 +628,7 @@ impl Agent {
             return;
         }
         let ok = r.outcome.is_ok();
+        self.metrics.check(ok);
         if !ok && !e.seen_up {
             return;
         }

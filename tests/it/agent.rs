@@ -163,7 +163,13 @@ async fn setup() -> Option<Setup> {
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_registers_exactly_the_healthy_running_opted_in_containers() {
     let Some(s) = setup().await else { return };
-    let agent = Agent::start(s.dir.path(), &s.url, &s.scope, &[]);
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let agent = Agent::start(
+        s.dir.path(),
+        &s.url,
+        &s.scope,
+        &["--metrics-addr", &metrics.to_string()],
+    );
     let second = Duration::from_secs(1);
 
     // Eight opted in (one by registrator's SERVICE_NAME), one ignored, one not opted in.
@@ -266,6 +272,18 @@ async fn agent_registers_exactly_the_healthy_running_opted_in_containers() {
         after,
         "etcd writes at rest; agent log:\n{}",
         agent.log_text()
+    );
+
+    // Its health and metrics say the same.
+    let ready = get_path(metrics, "/readyz").await.expect("/readyz answers");
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let text = get_path(metrics, "/metrics").await.expect("/metrics").body;
+    let registered = format!("dockreg_agent_registered {}", want.len());
+    assert!(text.contains(&registered), "{registered} in:\n{text}");
+    assert!(text.contains("dockreg_agent_docker_connected 1"), "{text}");
+    assert!(
+        text.contains("dockreg_agent_refused_containers 0"),
+        "{text}"
     );
     drop((killed, stopped));
 }
