@@ -206,7 +206,7 @@ proptest! {
                 "hostname": e.meta.hostname,
             })
             .to_string();
-            prop_assert!(other.put(0, p.endpoint_key(e.addr).as_bytes(), value.as_bytes()));
+            prop_assert!(other.put(crate::watcher::source::Scope::Prefix(0), p.endpoint_key(e.addr).as_bytes(), value.as_bytes()));
         }
         prop_assert_eq!(other.endpoint_count(), cat.endpoint_count());
         let out_other = render(&mut other);
@@ -220,7 +220,7 @@ proptest! {
         let mut cat = catalog();
         let kv = apply_ops(&mut cat, &ops);
         let mut fresh = catalog();
-        fresh.replace(0, kv.into_iter().collect());
+        fresh.replace(crate::watcher::source::Scope::Prefix(0), kv.into_iter().collect());
         prop_assert_eq!(cat.endpoints(0), fresh.endpoints(0));
         prop_assert_eq!(cat.context_json(), fresh.context_json());
     }

@@ -5,6 +5,7 @@
 use super::{oracle, svc, PREFIX};
 use crate::core::endpoint::{Metadata, MAX_WEIGHT};
 use crate::watcher::catalog::Catalog;
+use crate::watcher::source::Scope;
 use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{json, Value};
@@ -343,11 +344,11 @@ pub fn apply_ops(cat: &mut Catalog, ops: &[Op]) -> BTreeMap<Vec<u8>, Vec<u8>> {
     for op in ops {
         match op {
             Op::Put(k, v) => {
-                cat.put(0, k, v);
+                cat.put(Scope::Prefix(0), k, v);
                 kv.insert(k.clone(), v.clone());
             }
             Op::Delete(k) => {
-                cat.delete(0, k);
+                cat.delete(Scope::Prefix(0), k);
                 kv.remove(k);
             }
         }
