@@ -80,7 +80,14 @@ async fn a_new_service_under_a_root_is_routed_without_a_restart_then_removed_aft
     let (mut w, by_host) = rooted_world().await;
     let b = Backends::start(2).await;
     w.put(&b.key(0), "running").await;
-    let watcher = rooted_watcher(&w, &[]);
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let m = metrics.to_string();
+    let watcher = rooted_watcher(&w, &["--metrics-addr", &m]);
+    let scrape = |path: &'static str| async move {
+        get_path(metrics, path)
+            .await
+            .expect("the metrics server answers")
+    };
     assert_routes_exactly_host(by_host, "service", &b.addrs[..1]).await;
     assert_routes_exactly_host(by_host, "newapp", &[]).await;
     let master = w.haproxy.show_proc().await;
@@ -94,6 +101,15 @@ async fn a_new_service_under_a_root_is_routed_without_a_restart_then_removed_aft
         .wait_log("new service \"newapp\" under /services/newapp")
         .await;
     settled(&w, has("newapp")).await;
+    // The root's watch counts for readiness like a prefix's; the new service has its series.
+    assert_eq!(scrape("/readyz").await.status, 200);
+    let text = scrape("/metrics").await.body;
+    for line in [
+        r#"dockreg_watcher_endpoints{service="newapp"} 1"#,
+        "dockreg_watcher_etcd_connected 1",
+    ] {
+        assert!(text.contains(line), "{line} in:\n{text}");
+    }
     let now = w.haproxy.show_proc().await;
     assert!(
         now.reloads > master.reloads,
@@ -142,6 +158,11 @@ async fn a_new_service_under_a_root_is_routed_without_a_restart_then_removed_aft
     );
     watcher.wait_log("service \"newapp\" removed").await;
     settled(&w, |v| !v.etcd.contains_key("newapp")).await;
+    let text = scrape("/metrics").await.body;
+    assert!(
+        !text.contains(r#"service="newapp""#),
+        "the series goes with the service:\n{text}"
+    );
     assert_routes_exactly_host(by_host, "service", &b.addrs[..1]).await;
     assert_eq!(w.haproxy.show_proc().await.failed, 0, "no reload failed");
 }
