@@ -5,6 +5,10 @@
 //! lease. Keys come from the network and are untrusted: [`parse_endpoint_key`] accepts only the
 //! canonical text of a routable socket address, so nothing from a key can reach HAProxy's
 //! configuration except digits, dots, colons and hex digits.
+//!
+//! A root (`dockreg-haproxy --root /services`) holds many services, one per child:
+//! `<root>/<name>/<ip>:<port>`. The name comes from the key, so [`parse_root_key`] holds it to
+//! the rules of a `--prefix` segment before anything else is read from the key.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -31,6 +35,10 @@ pub enum KeyError {
     Ipv6Scope,
     #[error("not in canonical form, expected \"{0}\"")]
     NotCanonical(String),
+    #[error("not <root>/<service>/<ip>:<port>: no service name segment")]
+    NoServiceName,
+    #[error("invalid service name segment: {0}")]
+    ServiceName(&'static str),
 }
 
 /// Why a `--prefix` (or `--key`) value is not a usable service prefix.
@@ -39,6 +47,28 @@ pub enum KeyError {
 pub struct PrefixError {
     pub prefix: String,
     pub reason: &'static str,
+}
+
+/// The longest service name (a prefix's last segment, a root's child).
+pub const MAX_SERVICE_NAME: usize = 64;
+
+/// Why `segment` cannot be one segment of a prefix (and, being the last, a service name), or
+/// `None` when it can: ASCII letters, digits, `-`, `_` and `.`, 1 to [`MAX_SERVICE_NAME`]
+/// characters.
+pub fn service_name_error(segment: &str) -> Option<&'static str> {
+    if segment.is_empty() {
+        return Some("is empty");
+    }
+    if segment.len() > MAX_SERVICE_NAME {
+        return Some("is longer than 64 characters");
+    }
+    if !segment
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Some("may hold only ASCII letters, digits, '-', '_' and '.'");
+    }
+    None
 }
 
 /// A validated service prefix, e.g. `/service` or `/prod/web`, and the service name derived
@@ -72,7 +102,7 @@ impl ServicePrefix {
             return Err(err("contains an empty path segment"));
         }
         let name = prefix.rsplit('/').next().unwrap_or_default().to_string();
-        if name.len() > 64 {
+        if name.len() > MAX_SERVICE_NAME {
             return Err(err(
                 "the service name (last segment) is longer than 64 characters",
             ));
@@ -101,6 +131,25 @@ impl ServicePrefix {
     /// The etcd range to list and watch: every key that starts with `<prefix>/`.
     pub fn watch_key(&self) -> String {
         format!("{}/", self.prefix)
+    }
+
+    /// The prefix of child `name` (a service under a root), if `name` is a valid service
+    /// name ([`service_name_error`]).
+    pub fn child(&self, name: &str) -> Result<ServicePrefix, KeyError> {
+        if let Some(reason) = service_name_error(name) {
+            return Err(KeyError::ServiceName(reason));
+        }
+        Ok(Self {
+            prefix: format!("{}/{name}", self.prefix),
+            name: name.to_string(),
+        })
+    }
+
+    /// Whether the keys this prefix watches and those `other` watches overlap: one's range
+    /// holds the other's (or they are the same).
+    pub fn overlaps(&self, other: &ServicePrefix) -> bool {
+        let (a, b) = (self.watch_key(), other.watch_key());
+        a.starts_with(&b) || b.starts_with(&a)
     }
 
     /// The key an endpoint is registered under, always in canonical form: an IPv4-mapped
@@ -159,6 +208,28 @@ pub fn parse_endpoint_key(prefix: &ServicePrefix, key: &[u8]) -> Result<SocketAd
         return Err(KeyError::NotCanonical(text));
     }
     Ok(addr)
+}
+
+/// Parses a key under a root: `<root>/<name>/<ip>:<port>` is endpoint `<ip>:<port>` of the
+/// service `<name>`, whose prefix is `<root>/<name>`.
+///
+/// The name segment is untrusted like the rest of the key and is checked first, against the
+/// rules of a `--prefix` segment ([`service_name_error`]): a key whose name is empty, too long
+/// or holds anything but ASCII letters, digits, `-`, `_` and `.` is refused whatever follows.
+/// The rest follows [`parse_endpoint_key`] (so a key nested deeper is refused too).
+pub fn parse_root_key(
+    root: &ServicePrefix,
+    key: &[u8],
+) -> Result<(ServicePrefix, SocketAddr), KeyError> {
+    let text = std::str::from_utf8(key).map_err(|_| KeyError::NotUtf8)?;
+    let rest = text
+        .strip_prefix(root.as_str())
+        .and_then(|r| r.strip_prefix('/'))
+        .ok_or(KeyError::OutsidePrefix)?;
+    let (name, _) = rest.split_once('/').ok_or(KeyError::NoServiceName)?;
+    let service = root.child(name)?;
+    let addr = parse_endpoint_key(&service, key)?;
+    Ok((service, addr))
 }
 
 /// The stable HAProxy server name of an endpoint, derived from its address alone:
@@ -305,6 +376,60 @@ mod tests {
             p.endpoint_key("[2001:db8::1]:80".parse().unwrap()),
             "/service/[2001:db8::1]:80"
         );
+    }
+
+    #[test]
+    fn root_keys_name_their_service_by_a_checked_segment() {
+        let root = ServicePrefix::parse("/services").unwrap();
+        let (svc, addr) = parse_root_key(&root, b"/services/web-1.a_b/10.0.0.1:80").unwrap();
+        assert_eq!(
+            (svc.as_str(), svc.name()),
+            ("/services/web-1.a_b", "web-1.a_b")
+        );
+        assert_eq!(addr, "10.0.0.1:80".parse().unwrap());
+        let long = format!("/services/{}/10.0.0.1:80", "a".repeat(10 * 1024));
+        let max = format!("/services/{}/10.0.0.1:80", "a".repeat(64));
+        assert!(parse_root_key(&root, max.as_bytes()).is_ok());
+        let name = |r| KeyError::ServiceName(r);
+        let chars = name("may hold only ASCII letters, digits, '-', '_' and '.'");
+        let cases: &[(&[u8], KeyError)] = &[
+            (b"/services/bad name/1.2.3.4:80", chars.clone()),
+            (b"/services/x#y/1.2.3.4:80", chars.clone()),
+            (b"/services/x\nbackend evil/1.2.3.4:80", chars.clone()),
+            (b"/services/x\xff/1.2.3.4:80", KeyError::NotUtf8),
+            (long.as_bytes(), name("is longer than 64 characters")),
+            (b"/services//1.2.3.4:80", name("is empty")),
+            (b"/services/1.2.3.4:80", KeyError::NoServiceName),
+            (b"/services/web", KeyError::NoServiceName),
+            (b"/services/web/a/1.2.3.4:80", KeyError::Nested),
+            (b"/services/web/1.2.3.4:80/x", KeyError::Nested),
+            (b"/services/web/", KeyError::NotSocketAddr),
+            (
+                b"/services/web/0.0.0.0:80",
+                KeyError::Unroutable("0.0.0.0".parse().unwrap()),
+            ),
+            (b"/servicesx/web/1.2.3.4:80", KeyError::OutsidePrefix),
+        ];
+        for (key, want) in cases {
+            assert_eq!(
+                parse_root_key(&root, key)
+                    .map(|(s, a)| (s.as_str().to_string(), a))
+                    .as_ref(),
+                Err(want),
+                "key {:?}",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+
+    #[test]
+    fn overlapping_prefixes() {
+        let p = |s| ServicePrefix::parse(s).unwrap();
+        assert!(p("/a").overlaps(&p("/a")));
+        assert!(p("/a").overlaps(&p("/a/b")));
+        assert!(p("/a/b").overlaps(&p("/a")));
+        assert!(!p("/a").overlaps(&p("/ab")));
+        assert!(!p("/a/b").overlaps(&p("/a/c")));
     }
 
     #[test]

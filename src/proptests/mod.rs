@@ -18,7 +18,7 @@ mod oracle;
 mod strategies;
 
 use crate::core::endpoint::parse_value;
-use crate::core::keys::{parse_endpoint_key, server_name, KeyError, ServicePrefix};
+use crate::core::keys::{parse_endpoint_key, parse_root_key, server_name, KeyError, ServicePrefix};
 use crate::watcher::catalog::Catalog;
 use checks::*;
 use proptest::prelude::*;
@@ -89,6 +89,45 @@ proptest! {
             prop_assert_eq!(got, Err(KeyError::NotCanonical(format!("{v4}:{port}"))));
         } else {
             prop_assert_eq!(got, Err(KeyError::Unroutable(IpAddr::V4(v4))));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config(1000))]
+
+    /// 1e. Under a root, any bytes as the service name: a key is taken exactly when the name
+    /// follows the rules, and then only as that service; the rendered output holds nothing else
+    /// of the name, and no control character.
+    #[test]
+    fn root_child_names(
+        name in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..80),
+            hostile_string(80).prop_map(String::into_bytes),
+            rule_service_name().prop_map(String::into_bytes),
+        ],
+        addr in valid_addr(),
+    ) {
+        let root = ServicePrefix::parse("/services").unwrap();
+        let mut key = b"/services/".to_vec();
+        key.extend_from_slice(&name);
+        key.push(b'/');
+        key.extend_from_slice(oracle::canonical_text(addr).as_bytes());
+        let parsed = parse_root_key(&root, &key);
+        prop_assert_eq!(parsed.is_ok(), oracle::service_name(&name), "{:?}", parsed);
+        let mut cat = Catalog::with_roots(&[], &["/services"]).unwrap();
+        let taken = cat.put(crate::watcher::source::Scope::Root(0), &key, b"running");
+        prop_assert_eq!(taken, oracle::service_name(&name));
+        let out = render(&mut cat);
+        prop_assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{:?}", out);
+        let backends: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("backend "))
+            .collect();
+        if taken {
+            prop_assert_eq!(backends, [std::str::from_utf8(&name).unwrap()]);
+        } else {
+            prop_assert!(backends.is_empty(), "{:?}", out);
         }
     }
 }
@@ -206,7 +245,7 @@ proptest! {
                 "hostname": e.meta.hostname,
             })
             .to_string();
-            prop_assert!(other.put(0, p.endpoint_key(e.addr).as_bytes(), value.as_bytes()));
+            prop_assert!(other.put(crate::watcher::source::Scope::Prefix(0), p.endpoint_key(e.addr).as_bytes(), value.as_bytes()));
         }
         prop_assert_eq!(other.endpoint_count(), cat.endpoint_count());
         let out_other = render(&mut other);
@@ -220,7 +259,7 @@ proptest! {
         let mut cat = catalog();
         let kv = apply_ops(&mut cat, &ops);
         let mut fresh = catalog();
-        fresh.replace(0, kv.into_iter().collect());
+        fresh.replace(crate::watcher::source::Scope::Prefix(0), kv.into_iter().collect());
         prop_assert_eq!(cat.endpoints(0), fresh.endpoints(0));
         prop_assert_eq!(cat.context_json(), fresh.context_json());
     }

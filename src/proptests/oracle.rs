@@ -8,6 +8,9 @@
 //!   unspecified, multicast or the IPv4 broadcast address. An IPv4-mapped IPv6 address
 //!   (`::ffff:a.b.c.d`) is the IPv4 address it maps: the rules apply to that, and the key is
 //!   never canonical (the canonical key is the IPv4 one).
+//! - Under a root, a key is `<root>/<name>/<ip>:<port>`: the name is 1–64 characters from
+//!   `[A-Za-z0-9._-]` (the rules of a `--prefix` segment), then the rest is a key of the
+//!   service `<root>/<name>` as above.
 //! - A value is at most 4096 bytes of UTF-8: `running`, or a JSON object whose `weight` is an
 //!   integer 0–256, `tags` an array of at most 32 words, `container` and `hostname` words
 //!   (each field optional; `null` weight, container or hostname means absent); unknown fields
@@ -28,6 +31,14 @@ pub const MAX_WEIGHT: u64 = 256;
 /// The characters a metadata word may hold.
 pub fn word_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "._:=/+-".contains(c)
+}
+
+/// Whether `seg` may name a service under a root.
+pub fn service_name(seg: &[u8]) -> bool {
+    (1..=64).contains(&seg.len())
+        && seg
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(b))
 }
 
 pub fn is_word(w: &str) -> bool {

@@ -5,6 +5,7 @@
 use super::{oracle, svc, PREFIX};
 use crate::core::endpoint::{Metadata, MAX_WEIGHT};
 use crate::watcher::catalog::Catalog;
+use crate::watcher::source::Scope;
 use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{json, Value};
@@ -343,16 +344,28 @@ pub fn apply_ops(cat: &mut Catalog, ops: &[Op]) -> BTreeMap<Vec<u8>, Vec<u8>> {
     for op in ops {
         match op {
             Op::Put(k, v) => {
-                cat.put(0, k, v);
+                cat.put(Scope::Prefix(0), k, v);
                 kv.insert(k.clone(), v.clone());
             }
             Op::Delete(k) => {
-                cat.delete(0, k);
+                cat.delete(Scope::Prefix(0), k);
                 kv.remove(k);
             }
         }
     }
     kv
+}
+
+/// A service name the rules allow, often at the length limits (1 and 64 characters).
+pub fn rule_service_name() -> BoxedStrategy<String> {
+    let alphabet: Vec<char> = ('\0'..='\u{7f}')
+        .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+        .collect();
+    let len =
+        prop_oneof![2 => Just(1usize), 2 => Just(64usize), 1 => Just(65usize), 6 => 1..24usize];
+    len.prop_flat_map(move |n| prop::collection::vec(select(alphabet.clone()), n))
+        .prop_map(|cs| cs.into_iter().collect())
+        .boxed()
 }
 
 /// A word of the documented alphabet, often at the length limits (1 and 128 characters).

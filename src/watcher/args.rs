@@ -5,7 +5,9 @@ use crate::core::keys::{ServicePrefix, DEFAULT_PREFIX};
 use crate::core::process::LogFormat;
 use crate::watcher::pipeline::Timing;
 use crate::watcher::render::TemplateSpec;
+use crate::watcher::source::Watched;
 use anyhow::{bail, Result};
+use clap::builder::ArgPredicate;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -22,9 +24,27 @@ pub struct WatcherArgs {
     pub etcd: EtcdArgs,
 
     /// Service prefix in etcd; repeat for several services. Each is one service named after its
-    /// last segment (`/service` → backend `service`).
-    #[arg(long = "prefix", env = "DOCKREG_PREFIX", value_delimiter = ',', default_value = DEFAULT_PREFIX)]
+    /// last segment (`/service` → backend `service`). Defaults to /service unless --root is
+    /// given.
+    #[arg(
+        long = "prefix",
+        env = "DOCKREG_PREFIX",
+        value_delimiter = ',',
+        default_value = DEFAULT_PREFIX,
+        default_value_if("roots", ArgPredicate::IsPresent, None)
+    )]
     pub prefixes: Vec<String>,
+
+    /// Root of a dynamic catalog in etcd; repeat for several. Every child `<root>/<name>/` that
+    /// holds a valid endpoint key `<root>/<name>/<ip>:<port>` is a service named `<name>`
+    /// (letters, digits, '-', '_', '.'; at most 64), watched with one watch per root.
+    #[arg(long = "root", env = "DOCKREG_ROOT", value_delimiter = ',')]
+    pub roots: Vec<String>,
+
+    /// How long a --root service whose last endpoint went away is kept (an empty backend)
+    /// before it is removed; an endpoint back within it removes nothing.
+    #[arg(long, env = "DOCKREG_SERVICE_GRACE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub service_grace: Duration,
 
     /// Tera template to render; repeat, each paired in order with an --output. Without it the
     /// built-in default template (templates/haproxy-backends.cfg.tera) is used.
@@ -145,6 +165,17 @@ impl WatcherArgs {
             .iter()
             .map(|p| ServicePrefix::parse(p).map_err(|e| anyhow::anyhow!("--prefix: {e}")))
             .collect()
+    }
+
+    /// The prefixes and roots to watch, validated: a root is a prefix's path (same rules) that
+    /// neither equals, holds nor lies inside another root or a prefix.
+    pub(crate) fn watched(&self) -> Result<Watched> {
+        let roots = self
+            .roots
+            .iter()
+            .map(|r| ServicePrefix::parse(r).map_err(|e| anyhow::anyhow!("--root: {e}")))
+            .collect::<Result<Vec<_>>>()?;
+        Watched::new(self.service_prefixes()?, roots)
     }
 
     /// Template/output pairs: each --template with the --output at the same position, or the
@@ -268,6 +299,114 @@ mod tests {
         assert!(r.unwrap_err().to_string().contains("--runtime-socket"));
         let a = parse(&["--runtime-socket", "/a", "--server-state-file", "/s"]);
         assert_eq!(a.drain_timeout, Duration::from_secs(30));
+    }
+
+    fn names(w: &Watched) -> (Vec<&str>, Vec<&str>) {
+        (
+            w.prefixes.iter().map(|p| p.as_str()).collect(),
+            w.roots.iter().map(|p| p.as_str()).collect(),
+        )
+    }
+
+    #[test]
+    fn roots_replace_the_default_prefix_and_combine_with_prefixes() {
+        let a = parse(&[]);
+        assert_eq!(names(&a.watched().unwrap()), (vec!["/service"], vec![]));
+        assert_eq!(a.service_grace, Duration::from_secs(300));
+        let a = parse(&[
+            "--root",
+            "/services,/more",
+            "--root",
+            "x",
+            "--service-grace",
+            "2s",
+        ]);
+        assert_eq!(
+            names(&a.watched().unwrap()),
+            (vec![], vec!["/services", "/more", "/x"])
+        );
+        assert_eq!(a.service_grace, Duration::from_secs(2));
+        let a = parse(&["--root", "/services", "--prefix", "/web"]);
+        assert_eq!(
+            names(&a.watched().unwrap()),
+            (vec!["/web"], vec!["/services"])
+        );
+    }
+
+    #[test]
+    fn bad_roots_name_the_flag() {
+        for (args, want) in [
+            (
+                &["--root", "/my services"][..],
+                "--root: service prefix \"/my services\"",
+            ),
+            (&["--root", "/"], "--root: service prefix \"/\": is empty"),
+            (
+                &["--root", "/services", "--prefix", "/services"],
+                "--root /services: is also a --prefix",
+            ),
+            (
+                &["--root", "/services", "--prefix", "/services/web"],
+                "--root /services: overlaps --prefix /services/web",
+            ),
+            (
+                &["--root", "/a/b", "--prefix", "/a"],
+                "--root /a/b: overlaps --prefix /a",
+            ),
+            (
+                &["--root", "/a", "--root", "/a/b"],
+                "--root /a/b: overlaps --root /a",
+            ),
+            (&["--root", "/a,/a"], "--root /a: given twice"),
+        ] {
+            let err = parse(args).watched().unwrap_err().to_string();
+            assert!(err.starts_with(want), "{args:?}: {err}");
+        }
+        let r = WatcherArgs::try_parse_from(["x", "--service-grace", "soon"]);
+        assert!(r.unwrap_err().to_string().contains("--service-grace"));
+    }
+
+    #[test]
+    fn roots_and_grace_from_the_config_file_and_print_config() {
+        use clap::CommandFactory;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "root = [\"/services\", \"/more\"]\nservice-grace = \"30s\"\n",
+        )
+        .unwrap();
+        let argv: Vec<std::ffi::OsString> = ["x", "--config", file.to_str().unwrap()]
+            .iter()
+            .map(Into::into)
+            .collect();
+        let cmd = WatcherArgs::command();
+        let parsed = crate::core::config::get_matches(cmd.clone(), argv)
+            .ok()
+            .unwrap();
+        let a = <WatcherArgs as clap::FromArgMatches>::from_arg_matches(&parsed.matches).unwrap();
+        assert_eq!(
+            names(&a.watched().unwrap()),
+            (vec![], vec!["/services", "/more"])
+        );
+        assert_eq!(a.service_grace, Duration::from_secs(30));
+        let text = crate::core::config::print_config(&cmd, &parsed);
+        assert!(
+            text.contains("root = [\"/services\", \"/more\"]  # file"),
+            "{text}"
+        );
+        assert!(text.contains("service-grace = \"30s\"  # file"), "{text}");
+        assert!(
+            !text.contains("prefix ="),
+            "no default prefix beside a root: {text}"
+        );
+        let argv: Vec<std::ffi::OsString> = ["x"].iter().map(Into::into).collect();
+        let parsed = crate::core::config::get_matches(cmd.clone(), argv)
+            .ok()
+            .unwrap();
+        let text = crate::core::config::print_config(&cmd, &parsed);
+        assert!(text.contains("prefix = \"/service\"  # default"), "{text}");
+        assert!(text.contains("service-grace = \"5m\"  # default"), "{text}");
     }
 
     #[test]

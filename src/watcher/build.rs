@@ -24,8 +24,10 @@ pub(crate) fn build(args: &WatcherArgs) -> Result<WatcherPipeline, Fatal> {
     args.etcd.validate().map_err(Fatal::usage)?;
     let renderer =
         Renderer::new(args.template_specs().map_err(Fatal::usage)?).map_err(Fatal::usage)?;
-    let prefixes = args.service_prefixes().map_err(Fatal::usage)?;
-    let catalog = Catalog::with_views(prefixes, renderer.views()).map_err(Fatal::usage)?;
+    let watched = args.watched().map_err(Fatal::usage)?;
+    let catalog = Catalog::with_views(watched, renderer.views())
+        .map_err(Fatal::usage)?
+        .with_grace(args.service_grace);
     // --dry-run touches nothing: a missing folder only means there is no live file yet.
     if !args.dry_run {
         for spec in renderer.specs() {

@@ -1,8 +1,11 @@
 //! What the watcher tells Prometheus and its health endpoints (`--metrics-addr`): the change
 //! pipeline's counters and durations, the etcd source's state, and readiness.
 //!
-//! Label values come from small fixed sets (a path, an outcome, a reason) or from the services
-//! the operator configured — never from an etcd key.
+//! Label values come from small fixed sets (a path, an outcome, a reason) or from the services:
+//! the prefixes the operator configured, and the services of the roots, whose names pass the
+//! rules of a prefix segment and whose series is removed with the service (after
+//! `--service-grace`) — never from a raw etcd key, so the series stay bounded by the services
+//! that exist.
 
 use crate::core::serve::Status;
 use crate::watcher::source::SourceStatus;
@@ -150,7 +153,7 @@ impl WatcherMetrics {
         );
         r.register(
             "keys_skipped",
-            "etcd keys skipped under the service prefixes, by reason (key, value)",
+            "etcd keys skipped under the service prefixes and roots, by reason (key, value)",
             m.keys_skipped.clone(),
         );
         r.register(
@@ -165,7 +168,7 @@ impl WatcherMetrics {
         );
         r.register(
             "etcd_connected",
-            "1 while every prefix is listed and watched, else 0",
+            "1 while every prefix and root is listed and watched, else 0",
             m.etcd_connected.clone(),
         );
         r.register(

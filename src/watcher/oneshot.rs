@@ -1,4 +1,5 @@
-//! `--once` and `--dry-run`: one listing of etcd, one render, then exit. `--once` writes,
+//! `--once` and `--dry-run`: one listing of etcd (every prefix and root), one render, then
+//! exit. `--once` writes,
 //! validates and reloads like one apply of watch mode; `--dry-run` prints the diff between
 //! the live files and what would be written, and touches nothing. Either exits 1 when any
 //! step fails (a template that does not render, a refused candidate, a failed reload).
@@ -25,10 +26,10 @@ pub(crate) async fn one_shot(
         None => e,
     };
     let client = args.etcd.connect().await.map_err(unreachable)?;
-    let prefixes: Vec<_> = args.service_prefixes()?.into_iter().enumerate().collect();
+    let ranges = args.watched()?.ranges();
     let snapshot = tokio::time::timeout(
         args.etcd.etcd_timeout * 4,
-        list_services(&client, &prefixes, 0),
+        list_services(&client, &ranges, 0),
     )
     .await
     .map_err(|_| {

@@ -13,6 +13,9 @@
 //!   concatenation, so it stays fast at 100,000 endpoints); a test holds its output
 //!   byte-identical to Tera's rendering of `templates/haproxy-backends.cfg.tera`, which
 //!   operators copy and which `--template` renders through Tera.
+//!   A part is kept with the version of the service it was rendered from: versions never
+//!   repeat, so when services come and go (a root's services do) and the indices shift, a part
+//!   is only ever reused for the very state it shows.
 //! - A template holding the comment `{# dockreg:per-service #}` is rendered once per service,
 //!   with `name`, `service` (`{name, prefix, endpoints}`) and `first` (true for the first
 //!   service by name, for a header) in its context instead of `services`; the output is the
@@ -21,6 +24,7 @@
 use crate::core::errors::error_chain;
 use crate::watcher::catalog::{Catalog, Views};
 use anyhow::{Context as _, Result};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The default template, shipped in `templates/` and built into the binary.
@@ -74,6 +78,11 @@ pub struct Renderer {
     modes: Vec<Mode>,
     /// Per template rendered per service: each service's part (by catalog index).
     parts: Vec<Vec<Option<Part>>>,
+    /// Per template, the catalog layout its parts are indexed by (see [`Catalog::layout`]).
+    layouts: Vec<u64>,
+    /// The names of the services whose parts were rendered, in turn. (Tests.)
+    #[cfg(test)]
+    rendered: Vec<String>,
 }
 
 /// Whether a template asks to be rendered per service: it holds a comment whose text is
@@ -176,6 +185,9 @@ impl Renderer {
         Ok(Self {
             tera,
             parts: vec![Vec::new(); specs.len()],
+            layouts: vec![0; specs.len()],
+            #[cfg(test)]
+            rendered: Vec::new(),
             specs,
             sources,
             modes,
@@ -282,12 +294,30 @@ impl Renderer {
         order: &[usize],
     ) -> Result<String, TemplateError> {
         let mut parts = std::mem::take(&mut self.parts[i]);
+        if self.layouts[i] != catalog.layout() {
+            // Services came or went: the parts move to their services' new indices (found by
+            // version, which names one service's one state); the removed ones' are dropped.
+            let mut by_version: HashMap<u64, Part> = parts
+                .into_iter()
+                .flatten()
+                .map(|part| (part.0 .0, part))
+                .collect();
+            parts = catalog
+                .services()
+                .iter()
+                .map(|s| by_version.remove(&s.version()))
+                .collect();
+            self.layouts[i] = catalog.layout();
+        }
         parts.resize(catalog.services().len(), None);
         for (n, &s) in order.iter().enumerate() {
             let version = (catalog.services()[s].version(), n == 0);
             if parts[s].as_ref().is_some_and(|(v, _)| *v == version) {
                 continue;
             }
+            #[cfg(test)]
+            self.rendered
+                .push(catalog.services()[s].prefix.name().to_string());
             let part = catalog
                 .with_service_context(s, n == 0, |ctx| self.render_one(i, ctx))
                 .unwrap_or_else(|| {
@@ -365,12 +395,19 @@ fn render_builtin(catalog: &Catalog, order: &[usize]) -> String {
 mod tests {
     use super::*;
     use crate::core::keys::ServicePrefix;
+    use crate::watcher::source::Scope;
+    use std::collections::BTreeMap;
     use std::io::Write;
+    use std::time::Duration;
 
     fn catalog() -> Catalog {
         let mut c = Catalog::new(vec![ServicePrefix::parse("/service").unwrap()]).unwrap();
-        c.put(0, b"/service/10.0.0.2:8080", br#"{"weight":7}"#);
-        c.put(0, b"/service/10.0.0.1:8080", b"running");
+        c.put(
+            Scope::Prefix(0),
+            b"/service/10.0.0.2:8080",
+            br#"{"weight":7}"#,
+        );
+        c.put(Scope::Prefix(0), b"/service/10.0.0.1:8080", b"running");
         c
     }
 
@@ -419,10 +456,18 @@ mod tests {
             tera.render_all(&mut c),
             "empty services"
         );
-        c.put(0, b"/service/10.0.0.2:8080", br#"{"weight":7}"#);
-        c.put(0, b"/service/[2001:db8::1]:80", b"running");
-        c.put(1, b"/api/10.0.0.1:1", br#"{"weight":0,"tags":["x"]}"#);
-        c.put(2, b"/z/web/127.0.0.1:9", b"running");
+        c.put(
+            Scope::Prefix(0),
+            b"/service/10.0.0.2:8080",
+            br#"{"weight":7}"#,
+        );
+        c.put(Scope::Prefix(0), b"/service/[2001:db8::1]:80", b"running");
+        c.put(
+            Scope::Prefix(1),
+            b"/api/10.0.0.1:1",
+            br#"{"weight":0,"tags":["x"]}"#,
+        );
+        c.put(Scope::Prefix(2), b"/z/web/127.0.0.1:9", b"running");
         let n = native.render_all(&mut c).remove(0).unwrap();
         assert_eq!(n, tera.render_all(&mut c).remove(0).unwrap());
         assert!(n.contains("backend api\n") && n.contains("weight 0"), "{n}");
@@ -450,9 +495,13 @@ mod tests {
 
     fn three_services() -> Catalog {
         let mut c = catalog_of(&["/web", "/api", "/z/db"]);
-        c.put(0, b"/web/10.0.0.2:8080", br#"{"weight":7}"#);
-        c.put(0, b"/web/[2001:db8::1]:80", b"running");
-        c.put(1, b"/api/10.0.0.1:1", br#"{"weight":0,"tags":["x"]}"#);
+        c.put(Scope::Prefix(0), b"/web/10.0.0.2:8080", br#"{"weight":7}"#);
+        c.put(Scope::Prefix(0), b"/web/[2001:db8::1]:80", b"running");
+        c.put(
+            Scope::Prefix(1),
+            b"/api/10.0.0.1:1",
+            br#"{"weight":0,"tags":["x"]}"#,
+        );
         c
     }
 
@@ -464,10 +513,10 @@ mod tests {
         let mut c = three_services();
         assert_eq!(native.render_all(&mut c), per_service.render_all(&mut c));
         // After changes: a new first service (the header moves), a removal, an addition.
-        c.delete(1, b"/api/10.0.0.1:1");
-        c.put(2, b"/z/db/127.0.0.1:9", b"running");
+        c.delete(Scope::Prefix(1), b"/api/10.0.0.1:1");
+        c.put(Scope::Prefix(2), b"/z/db/127.0.0.1:9", b"running");
         let mut first = Catalog::new(vec![ServicePrefix::parse("/aaa").unwrap()]).unwrap();
-        first.put(0, b"/aaa/10.9.9.9:1", b"running");
+        first.put(Scope::Prefix(0), b"/aaa/10.9.9.9:1", b"running");
         assert_eq!(native.render_all(&mut c), per_service.render_all(&mut c));
         assert_eq!(
             native.render_all(&mut first),
@@ -490,12 +539,137 @@ mod tests {
         let before = rendered_at(&r);
         assert_eq!(r.render_all(&mut c), first);
         assert_eq!(rendered_at(&r), before, "nothing changed, nothing rendered");
-        c.put(0, b"/web/10.0.0.3:80", b"running");
+        c.put(Scope::Prefix(0), b"/web/10.0.0.3:80", b"running");
         let out = r.render_all(&mut c).remove(0).unwrap();
         assert!(out.contains("server 10.0.0.3_80 "), "{out}");
         let after = rendered_at(&r);
         assert_ne!(after[0], before[0], "web rendered again");
         assert_eq!(after[1..], before[1..], "api and db kept");
+    }
+
+    fn root_put(c: &mut Catalog, key: &str) {
+        c.put(Scope::Root(0), key.as_bytes(), b"running");
+    }
+
+    /// Removes root service `name` of `c` at once: its last endpoint `key` deleted and no grace.
+    fn root_remove(c: &mut Catalog, key: &str, name: &str) {
+        c.delete(Scope::Root(0), key.as_bytes());
+        assert_eq!(
+            c.expire(tokio::time::Instant::now() + Duration::from_secs(3600)),
+            [name]
+        );
+    }
+
+    /// A template that shows each service's name and prefix and each endpoint's key.
+    const VIEW_TEMPLATE: &str = "{% for name, s in services %}{{ name }} {{ s.name }} {{ s.prefix }}:{% for e in s.endpoints %} {{ e.key }}{% endfor %}\n{% endfor %}";
+
+    #[test]
+    fn root_services_render_like_prefix_services() {
+        let mut rooted = Catalog::with_roots(&["/web"], &["/services"]).unwrap();
+        rooted.put(Scope::Prefix(0), b"/web/10.0.0.1:80", b"running");
+        root_put(&mut rooted, "/services/api/10.0.0.2:80");
+        root_put(&mut rooted, "/services/aaa/[2001:db8::1]:80");
+        let mut fixed = catalog_of(&["/web", "/services/api", "/services/aaa"]);
+        fixed.put(Scope::Prefix(0), b"/web/10.0.0.1:80", b"running");
+        fixed.put(Scope::Prefix(1), b"/services/api/10.0.0.2:80", b"running");
+        fixed.put(
+            Scope::Prefix(2),
+            b"/services/aaa/[2001:db8::1]:80",
+            b"running",
+        );
+        let mut view = tempfile::Builder::new().suffix(".tera").tempfile().unwrap();
+        write!(view, "{VIEW_TEMPLATE}").unwrap();
+        let whole = |p: &Path| TemplateSpec {
+            template: Some(p.to_path_buf()),
+            output: "o".into(),
+        };
+        let shipped =
+            |n: &str| PathBuf::from(format!("{}/templates/{n}", env!("CARGO_MANIFEST_DIR")));
+        let specs = vec![
+            TemplateSpec {
+                template: None,
+                output: "builtin".into(),
+            },
+            whole(&shipped("haproxy-backends.cfg.tera")),
+            whole(&shipped("per-service.cfg.tera")),
+            whole(view.path()),
+        ];
+        let a = Renderer::new(specs.clone())
+            .unwrap()
+            .render_all(&mut rooted);
+        let b = Renderer::new(specs).unwrap().render_all(&mut fixed);
+        assert_eq!(a, b);
+        let builtin = a[0].as_ref().unwrap();
+        assert!(
+            builtin.contains("backend aaa\n") && builtin.contains("backend api\n"),
+            "{builtin}"
+        );
+        assert_eq!(
+            a[3].as_ref().unwrap(),
+            "aaa aaa /services/aaa: /services/aaa/[2001:db8::1]:80\n\
+             api api /services/api: /services/api/10.0.0.2:80\n\
+             web web /web: /web/10.0.0.1:80\n"
+        );
+    }
+
+    #[test]
+    fn per_service_parts_stay_right_when_services_come_and_go() {
+        let mut r = shipped("per-service.cfg.tera");
+        let mut c = Catalog::with_roots(&["/web"], &["/services"]).unwrap();
+        c.put(Scope::Prefix(0), b"/web/10.0.0.1:80", b"running");
+        for key in [
+            "/services/a/10.0.0.2:80",
+            "/services/b/10.0.0.3:80",
+            "/services/c/10.0.0.4:80",
+        ] {
+            root_put(&mut c, key);
+        }
+        let fresh = |c: &mut Catalog| shipped("per-service.cfg.tera").render_all(c);
+        assert_eq!(r.render_all(&mut c), fresh(&mut c));
+        // The part each service was last rendered from, by name.
+        let rendered = |r: &Renderer, c: &Catalog| -> BTreeMap<String, u64> {
+            c.services()
+                .iter()
+                .zip(&r.parts[0])
+                .map(|(s, p)| (s.prefix.name().to_string(), p.as_ref().unwrap().0 .0))
+                .collect()
+        };
+        let before = rendered(&r, &c);
+        r.rendered.clear();
+        // `b` goes (`c` moves to its index), then comes back (at the end) with another
+        // endpoint; `a` changes meanwhile.
+        root_remove(&mut c, "/services/b/10.0.0.3:80", "b");
+        let out = r.render_all(&mut c).remove(0).unwrap();
+        assert_eq!(Ok(out.clone()), fresh(&mut c).remove(0));
+        assert!(
+            !out.contains("backend b\n") && out.contains("backend c\n"),
+            "{out}"
+        );
+        assert!(
+            r.rendered.is_empty(),
+            "c kept its part across the shift: {:?}",
+            r.rendered
+        );
+        assert_eq!(rendered(&r, &c)["c"], before["c"]);
+        root_put(&mut c, "/services/b/10.0.0.5:80");
+        root_put(&mut c, "/services/a/10.0.0.6:80");
+        let out = r.render_all(&mut c).remove(0).unwrap();
+        assert_eq!(Ok(out.clone()), fresh(&mut c).remove(0));
+        assert!(
+            out.contains("server 10.0.0.5_80 ") && !out.contains("10.0.0.3_80"),
+            "{out}"
+        );
+        assert_eq!(
+            r.rendered,
+            ["a", "b"],
+            "only the changed and the new one rendered"
+        );
+        let again = rendered(&r, &c);
+        assert_eq!((again["c"], again["web"]), (before["c"], before["web"]));
+        // Every part is the one of its service's current state.
+        for s in c.services() {
+            assert_eq!(again[s.prefix.name()], s.version(), "{}", s.prefix);
+        }
     }
 
     #[test]
@@ -513,8 +687,12 @@ mod tests {
         let mut r = default_renderer();
         let mut a = catalog();
         let mut b = Catalog::new(vec![ServicePrefix::parse("/service").unwrap()]).unwrap();
-        b.put(0, b"/service/10.0.0.1:8080", b"running");
-        b.put(0, b"/service/10.0.0.2:8080", br#"{"weight":7}"#);
+        b.put(Scope::Prefix(0), b"/service/10.0.0.1:8080", b"running");
+        b.put(
+            Scope::Prefix(0),
+            b"/service/10.0.0.2:8080",
+            br#"{"weight":7}"#,
+        );
         assert_eq!(r.render_all(&mut a), r.render_all(&mut b));
     }
 

@@ -8,7 +8,7 @@
 //! notify thread ──path──► template watch ──────┘
 //! ```
 //!
-//! - **etcd source**: [`watch_services`], list then watch every prefix, for ever;
+//! - **etcd source**: [`watch_services`], list then watch every prefix and root, for ever;
 //! - **etcd forwarder**: its events into the pipeline's input channel;
 //! - **template watch**: owns the notify watcher; the changed template paths its callback
 //!   queues into the pipeline's input channel (only when `--template` is given);
@@ -136,7 +136,7 @@ async fn watch(
         });
         tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     }
-    let source = watch_services(args.etcd.clone(), args.service_prefixes()?, etcd_tx, status);
+    let source = watch_services(args.etcd.clone(), args.watched()?, etcd_tx, status);
     let t = token.clone();
     workers.spawn("etcd source", async move {
         tokio::select! {
@@ -181,6 +181,7 @@ async fn watch(
     tracing::info!(
         etcd = %args.etcd.endpoints.join(","),
         services = ?pipeline.catalog().services().iter().map(|s| s.prefix.to_string()).collect::<Vec<_>>(),
+        roots = ?args.roots,
         outputs = ?pipeline.renderer().specs().iter().map(|s| s.output.display().to_string()).collect::<Vec<_>>(),
         "dockreg-haproxy started"
     );

@@ -5,14 +5,20 @@
 //!
 //! The three views are read independently: etcd through the library's key and value rules
 //! (the contract being tested is that the watcher follows them), the file with a small
-//! line parser of its own, HAProxy through its admin socket. [`converged`] polls until the
+//! line parser of its own, HAProxy through its admin socket.
+//!
+//! With roots ([`converged_rooted`]), etcd's services are the prefixes' and every root child
+//! that holds a valid endpoint (a prefix keeps its name against a root, the first root in
+//! order wins between roots), and every backend of the file and of HAProxy counts: a service
+//! gone from etcd must be gone from both too (so a root service still in its
+//! `--service-grace` does not agree yet). [`converged`] polls until the
 //! three agree, then holds them equal over a window, and returns how long agreement took.
 
 #![allow(dead_code)]
 
 use crate::harness::World;
 use dockreg::core::endpoint::parse_value;
-use dockreg::core::keys::{parse_endpoint_key, server_name, ServicePrefix};
+use dockreg::core::keys::{parse_endpoint_key, parse_root_key, server_name, ServicePrefix};
 use dockreg::haproxy::admin::ServerState;
 use etcd_client::{Client, GetOptions};
 use std::collections::{BTreeMap, BTreeSet};
@@ -58,6 +64,71 @@ pub async fn etcd_view(client: &Client, prefixes: &[&str]) -> Result<View, Strin
         }
     }
     Ok(view)
+}
+
+/// What etcd holds under `prefixes` and `roots`, after the key and value rules and the naming
+/// rules of roots: a root child with at least one valid endpoint is a service, unless a
+/// prefix has its name or an earlier root holds endpoints for it.
+pub async fn etcd_view_rooted(
+    client: &Client,
+    prefixes: &[&str],
+    roots: &[&str],
+) -> Result<View, String> {
+    let mut view = etcd_view(client, prefixes).await?;
+    let mut kv = client.kv_client();
+    for r in roots {
+        let root = ServicePrefix::parse(r).map_err(|e| format!("root {r}: {e}"))?;
+        let resp = kv
+            .get(root.watch_key(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| format!("etcd get {r}: {e}"))?;
+        let mut found = View::new();
+        for kv in resp.kvs() {
+            let (Ok((service, addr)), Ok(meta)) =
+                (parse_root_key(&root, kv.key()), parse_value(kv.value()))
+            else {
+                continue;
+            };
+            found
+                .entry(service.name().to_string())
+                .or_default()
+                .insert(Server {
+                    name: server_name(addr),
+                    addr,
+                    weight: meta.effective_weight(),
+                });
+        }
+        for (name, servers) in found {
+            view.entry(name).or_insert(servers);
+        }
+    }
+    Ok(view)
+}
+
+/// Every `backend` section of a rendered file.
+pub fn file_backends(path: &Path) -> Result<BTreeSet<String>, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(
+            |l| match l.split_whitespace().collect::<Vec<_>>().as_slice() {
+                ["backend", name, ..] => Some(name.to_string()),
+                _ => None,
+            },
+        )
+        .collect())
+}
+
+/// Every backend HAProxy runs (`show backend`).
+pub async fn haproxy_backends(admin: &Path) -> Result<BTreeSet<String>, String> {
+    let text = admin_command(admin, "show backend").await?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
 }
 
 /// The `server` lines of a rendered file, per `backend` section (`weight` defaults to 1, as
@@ -173,10 +244,33 @@ pub async fn views_of(
     admin: &Path,
     prefixes: &[&str],
 ) -> Result<Views, String> {
-    let etcd = etcd_view(client, prefixes).await?;
-    let backends: BTreeSet<String> = etcd.keys().cloned().collect();
+    views_rooted_of(client, output, admin, prefixes, &[]).await
+}
+
+/// [`views_of`] with `roots` too: then every backend of the file and of HAProxy counts, and
+/// HAProxy's view holds only the backends it runs (an empty one is still one).
+pub async fn views_rooted_of(
+    client: &Client,
+    output: &Path,
+    admin: &Path,
+    prefixes: &[&str],
+    roots: &[&str],
+) -> Result<Views, String> {
+    let etcd = etcd_view_rooted(client, prefixes, roots).await?;
+    let mut backends: BTreeSet<String> = etcd.keys().cloned().collect();
+    let running = if roots.is_empty() {
+        None
+    } else {
+        let running = haproxy_backends(admin).await?;
+        backends.extend(file_backends(output)?);
+        backends.extend(running.iter().cloned());
+        Some(running)
+    };
     let file = file_view(output, &backends)?;
-    let haproxy = haproxy_view(admin, &backends).await?;
+    let mut haproxy = haproxy_view(admin, &backends).await?;
+    if let Some(running) = running {
+        haproxy.retain(|name, _| running.contains(name));
+    }
     Ok(Views {
         etcd,
         file,
@@ -213,6 +307,27 @@ pub async fn converged_with(
     .await
 }
 
+/// [`converged_with`] over `prefixes` and `roots`: every service in etcd, and no other
+/// backend in the file or in HAProxy.
+pub async fn converged_rooted(
+    world: &World,
+    prefixes: &[&str],
+    roots: &[&str],
+    within: Duration,
+    want: impl Fn(&Views) -> bool,
+) -> Duration {
+    converged_rooted_on(
+        &world.client,
+        &world.haproxy.output,
+        &world.haproxy.admin_socket,
+        prefixes,
+        roots,
+        within,
+        want,
+    )
+    .await
+}
+
 /// [`converged_with`] over an explicit etcd client, output file and admin socket.
 pub async fn converged_on(
     client: &Client,
@@ -222,11 +337,24 @@ pub async fn converged_on(
     within: Duration,
     want: impl Fn(&Views) -> bool,
 ) -> Duration {
+    converged_rooted_on(client, output, admin, prefixes, &[], within, want).await
+}
+
+/// [`converged_on`] over `prefixes` and `roots`.
+pub async fn converged_rooted_on(
+    client: &Client,
+    output: &Path,
+    admin: &Path,
+    prefixes: &[&str],
+    roots: &[&str],
+    within: Duration,
+    want: impl Fn(&Views) -> bool,
+) -> Duration {
     let started = Instant::now();
     let deadline = started + within;
     let mut last: Result<Views, String>;
     let took = loop {
-        last = views_of(client, output, admin, prefixes).await;
+        last = views_rooted_of(client, output, admin, prefixes, roots).await;
         if matches!(&last, Ok(v) if v.agree() && want(v)) {
             break started.elapsed();
         }
@@ -241,7 +369,7 @@ pub async fn converged_on(
     let hold_until = Instant::now() + HOLD;
     while Instant::now() < hold_until {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = views_of(client, output, admin, prefixes).await;
+        let now = views_rooted_of(client, output, admin, prefixes, roots).await;
         if !matches!(&now, Ok(v) if v.agree() && want(v)) {
             panic!(
                 "etcd, the file and HAProxy agreed after {took:?}, then drifted apart:\n{}",

@@ -57,9 +57,15 @@ pub async fn get(addr: SocketAddr) -> Option<Response> {
 /// A `GET <path>` on a new connection (backends answer `/slow/<ms>` that much later); `None`
 /// on a socket error or after 5 s.
 pub async fn get_path(addr: SocketAddr, path: &str) -> Option<Response> {
+    get_host_path(addr, "test", path).await
+}
+
+/// A `GET <path>` with `Host: <host>` on a new connection; `None` on a socket error or after
+/// 5 s.
+pub async fn get_host_path(addr: SocketAddr, host: &str, path: &str) -> Option<Response> {
     let fut = async {
         let mut s = TcpStream::connect(addr).await.ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.ok()?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).await.ok()?;
@@ -86,9 +92,14 @@ pub async fn get_path(addr: SocketAddr, path: &str) -> Option<Response> {
 /// Sends `n` requests and returns who answered: backend identities, or `status NNN` for
 /// other answers, or `socket error`.
 pub async fn who_answers(addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    who_answers_host(addr, "test", n).await
+}
+
+/// [`who_answers`] for requests with `Host: <host>`.
+pub async fn who_answers_host(addr: SocketAddr, host: &str, n: usize) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
     for _ in 0..n {
-        let who = match get(addr).await {
+        let who = match get_host_path(addr, host, "/").await {
             Some(r) if r.status == 200 => r.body,
             Some(r) => format!("status {}", r.status),
             None => "socket error".to_string(),
@@ -105,6 +116,11 @@ pub async fn who_answers(addr: SocketAddr, n: usize) -> BTreeMap<String, usize> 
 /// Answers cannot see a leftover server that a template's retries and redispatch hide, nor
 /// weights: tests that end in a steady state also check `endstate::converged`.
 pub async fn assert_routes_exactly(addr: SocketAddr, want: &[SocketAddr]) {
+    assert_routes_exactly_host(addr, "test", want).await
+}
+
+/// [`assert_routes_exactly`] for requests with `Host: <host>`.
+pub async fn assert_routes_exactly_host(addr: SocketAddr, host: &str, want: &[SocketAddr]) {
     let want_ids: Vec<String> = if want.is_empty() {
         vec!["status 503".to_string()]
     } else {
@@ -113,17 +129,17 @@ pub async fn assert_routes_exactly(addr: SocketAddr, want: &[SocketAddr]) {
     let rounds = (want.len() * 4).max(6);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let seen = who_answers(addr, rounds).await;
+        let seen = who_answers_host(addr, host, rounds).await;
         if seen.len() == want_ids.len() && want_ids.iter().all(|w| seen.contains_key(w)) {
             break;
         }
         if Instant::now() > deadline {
-            panic!("HAProxy should route to exactly {want_ids:?}; saw {seen:?}");
+            panic!("HAProxy should route Host {host} to exactly {want_ids:?}; saw {seen:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for _ in 0..2 {
-        let seen = who_answers(addr, rounds).await;
+        let seen = who_answers_host(addr, host, rounds).await;
         let stray: Vec<&String> = seen.keys().filter(|k| !want_ids.contains(k)).collect();
         assert!(
             stray.is_empty(),

@@ -10,6 +10,7 @@ mod hitless;
 mod operability;
 mod package;
 mod promises;
+mod roots;
 mod sidekick;
 mod sidekick_faults;
 mod sidekick_promises;

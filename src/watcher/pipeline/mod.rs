@@ -292,7 +292,7 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
                 self.observe(|m| m.revision_seen.set(revision));
                 let first = !self.synced && matches!(ev, WatchEvent::Snapshot { .. });
                 self.synced |= first;
-                self.catalog.apply(ev) || first
+                self.catalog.apply(ev, now) || first
             }
             Input::Heartbeat(reply) => {
                 let _ = reply.send(());
@@ -359,18 +359,45 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         self.reloader.is_some()
     }
 
-    /// When the next piece of work is due, if any.
+    /// When the next piece of work is due, if any: an apply, a reload, or the end of a root
+    /// service's grace.
     pub fn next_due(&self) -> Option<Instant> {
-        match (self.apply_due(), self.reload_due()) {
-            (Some(a), Some(r)) => Some(a.min(r)),
-            (a, r) => a.or(r),
+        [
+            self.apply_due(),
+            self.reload_due(),
+            self.catalog.next_expiry(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Removes the root services whose grace has ended by `now` (a change like any other:
+    /// due at once; a removed backend reloads HAProxy) and their metrics.
+    fn expire_services(&mut self, now: Instant) {
+        if self.catalog.next_expiry().is_none_or(|t| t > now) {
+            return;
         }
+        let removed = self.catalog.expire(now);
+        if removed.is_empty() {
+            return;
+        }
+        self.observe(|m| {
+            for name in &removed {
+                m.endpoints.remove(&crate::watcher::metrics::ServiceLabels {
+                    service: name.clone(),
+                });
+            }
+        });
+        self.pending.etcd_changed(now);
+        self.observe(WatcherMetrics::changes_pending);
     }
 
     /// Does whatever is due at `now`, waiting for an apply's commit (tests; the watch loop
     /// in `run.rs` lets commits run beside the next applies).
     #[cfg(test)]
     pub async fn tick(&mut self, now: Instant) {
+        self.expire_services(now);
         if self.apply_due().is_some_and(|d| d <= now) {
             let templates = self.pending.take_due(now);
             self.apply_waiting(templates).await;

@@ -82,9 +82,10 @@ impl<V: Validate, R: Reload> Pipeline<V, R> {
         self.stats
     }
 
-    /// Does what is due at `now`: applies the pending changes (queueing the commit), or
-    /// reloads.
+    /// Does what is due at `now`: removes the root services whose grace ended, applies the
+    /// pending changes (queueing the commit), or reloads.
     async fn step(&mut self, now: Instant) {
+        self.expire_services(now);
         if self.apply_due().is_some_and(|d| d <= now) {
             self.retry.started();
             let templates = self.pending.take_due(now);

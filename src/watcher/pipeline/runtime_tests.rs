@@ -179,7 +179,7 @@ async fn a_removal_and_a_weight_change_are_runtime_operations() {
     s.p.apply().await;
     s.p.handle(
         Input::Etcd(WatchEvent::Changes {
-            service: 0,
+            scope: crate::watcher::source::Scope::Prefix(0),
             revision: 9,
             changes: vec![crate::watcher::source::KvChange::Delete {
                 key: b"/service/10.0.0.1:80".to_vec(),

@@ -1,10 +1,13 @@
 //! Unit tests of when the pipeline applies, through its real loop ([`Pipeline::run`]) on
 //! paused time: an isolated change at once, changes during an apply right after it, runtime
-//! commands never behind `haproxy -c`, template edits settled, reloads spaced.
+//! commands never behind `haproxy -c`, template edits settled, reloads spaced, and a `--root`
+//! service removed once its grace has run out, not before.
 
 use super::runtime_tests::{started, FakeRuntime};
 use super::tests::{put, renderer_and_catalog, setup, snapshot, FakeReloader, FakeValidator};
 use super::*;
+use crate::watcher::metrics::WatcherMetrics;
+use crate::watcher::source::{KvChange, Scope};
 use tokio::sync::{mpsc, oneshot};
 
 /// A pipeline running in its own task; dropped, it stops.
@@ -223,5 +226,205 @@ async fn a_template_being_written_settles_while_etcd_changes_go_on() {
     tokio::time::sleep_until(settled).await;
     settle().await;
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "v2 3 endpoints\n");
+    run.stop().await;
+}
+
+/// The grace of `--root` services in these tests.
+const GRACE: Duration = Duration::from_secs(2);
+
+fn root_changes(changes: Vec<KvChange>) -> Input {
+    Input::Etcd(WatchEvent::Changes {
+        scope: Scope::Root(0),
+        revision: 3,
+        changes,
+    })
+}
+
+fn root_key(key: &str) -> KvChange {
+    KvChange::Put {
+        key: key.as_bytes().to_vec(),
+        value: b"running".to_vec(),
+    }
+}
+
+fn root_delete(key: &str) -> KvChange {
+    KvChange::Delete {
+        key: key.as_bytes().to_vec(),
+    }
+}
+
+/// A started pipeline (first apply and reload done) over `--prefix /service --root /services`
+/// with a fake runtime API and a [`GRACE`] of 2 s, whose root holds `app` at 10.0.0.1:80;
+/// running in its own task.
+async fn running_with_a_root() -> (Running, FakeRuntime, FakeReloader, PathBuf) {
+    let (run, rt, r, out, _) = running_with_a_root_and_metrics().await;
+    (run, rt, r, out)
+}
+
+/// [`running_with_a_root`], reporting to metrics.
+async fn running_with_a_root_and_metrics() -> (
+    Running,
+    FakeRuntime,
+    FakeReloader,
+    PathBuf,
+    Arc<WatcherMetrics>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("backends.cfg");
+    let (renderer, _) = renderer_and_catalog(None, &out);
+    let catalog = Catalog::with_roots(&["/service"], &["/services"])
+        .unwrap()
+        .with_grace(GRACE);
+    let (v, r) = (FakeValidator::default(), FakeReloader::default());
+    let rt = FakeRuntime::default();
+    let mut p = Pipeline::new(
+        catalog,
+        renderer,
+        Some(v),
+        Some(r.clone()),
+        Timing::default(),
+    )
+    .unwrap()
+    .with_runtime(Box::new(rt.clone()));
+    let metrics = Arc::new(WatcherMetrics::new(Arc::default()));
+    p = p.with_metrics(metrics.clone());
+    p.handle(
+        Input::Etcd(WatchEvent::Snapshot {
+            revision: 1,
+            scopes: vec![
+                (Scope::Prefix(0), vec![]),
+                (
+                    Scope::Root(0),
+                    vec![(b"/services/app/10.0.0.1:80".to_vec(), b"running".to_vec())],
+                ),
+            ],
+        }),
+        Instant::now(),
+    );
+    p.tick(Instant::now()).await;
+    assert_eq!(*r.attempts.lock().unwrap(), 1, "the first apply reloads");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        text.contains("backend app\n") && text.contains("server 10.0.0.1_80 "),
+        "{text}"
+    );
+    std::mem::forget(dir); // the folder outlives the task; the OS cleans the temp dir
+    (Running::start(p), rt, r, out, metrics)
+}
+
+fn has_backend(out: &std::path::Path, name: &str) -> bool {
+    std::fs::read_to_string(out)
+        .unwrap()
+        .contains(&format!("backend {name}\n"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_emptied_root_service_is_removed_after_the_grace_not_before() {
+    use crate::core::serve::Status;
+    let (run, rt, r, out, metrics) = running_with_a_root_and_metrics().await;
+    let gauge = r#"dockreg_watcher_endpoints{service="app"}"#;
+    assert!(metrics.metrics().contains(&format!("{gauge} 1")));
+    // Its last endpoint goes: out of HAProxy at once through the runtime API, no reload; the
+    // backend stays, empty.
+    tokio::time::sleep(ms(700)).await;
+    let t0 = Instant::now();
+    run.send(root_changes(vec![root_delete("/services/app/10.0.0.1:80")]))
+        .await;
+    settle().await;
+    assert_eq!(*rt.applied.lock().unwrap(), ["delete app/10.0.0.1_80"]);
+    assert!(has_backend(&out, "app"));
+    assert!(!std::fs::read_to_string(&out)
+        .unwrap()
+        .contains("10.0.0.1_80"));
+    // Nothing else arrives: the pipeline wakes for the end of the grace by itself.
+    tokio::time::sleep_until(t0 + GRACE - ms(1)).await;
+    settle().await;
+    assert!(has_backend(&out, "app"), "kept for the whole grace");
+    assert_eq!(*r.attempts.lock().unwrap(), 1, "no reload during the grace");
+    assert!(metrics.metrics().contains(&format!("{gauge} 0")));
+    tokio::time::sleep_until(t0 + GRACE).await;
+    settle().await;
+    assert!(!has_backend(&out, "app"), "removed once the grace ended");
+    assert!(has_backend(&out, "service"), "a prefix service stays");
+    assert_eq!(*r.attempts.lock().unwrap(), 2, "a removed backend reloads");
+    assert_eq!(Instant::now(), t0 + GRACE, "at once");
+    let text = metrics.metrics();
+    assert!(
+        !text.contains("service=\"app\""),
+        "the series goes with the service: {text}"
+    );
+    assert!(
+        text.contains(r#"dockreg_watcher_endpoints{service="service"} 0"#),
+        "{text}"
+    );
+    run.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_back_within_the_grace_removes_nothing() {
+    let (run, rt, r, out) = running_with_a_root().await;
+    let t0 = Instant::now();
+    run.send(root_changes(vec![root_delete("/services/app/10.0.0.1:80")]))
+        .await;
+    settle().await;
+    // The app restarts on another port within the grace.
+    tokio::time::sleep(GRACE - ms(100)).await;
+    run.send(root_changes(vec![root_key("/services/app/10.0.0.2:80")]))
+        .await;
+    settle().await;
+    tokio::time::sleep_until(t0 + GRACE * 3).await;
+    settle().await;
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        text.contains("backend app\n") && text.contains("server 10.0.0.2_80 "),
+        "{text}"
+    );
+    assert_eq!(
+        *rt.applied.lock().unwrap(),
+        ["delete app/10.0.0.1_80", "add app/10.0.0.2_80 10.0.0.2:80"]
+    );
+    assert_eq!(*r.attempts.lock().unwrap(), 1, "no reload at all");
+    // Gone again: a new grace, counted from then.
+    let t1 = Instant::now();
+    run.send(root_changes(vec![root_delete("/services/app/10.0.0.2:80")]))
+        .await;
+    settle().await;
+    tokio::time::sleep_until(t1 + GRACE - ms(1)).await;
+    settle().await;
+    assert!(has_backend(&out, "app"));
+    tokio::time::sleep_until(t1 + GRACE).await;
+    settle().await;
+    assert!(!has_backend(&out, "app"));
+    run.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_listing_without_a_root_service_starts_its_grace() {
+    let (run, _rt, r, out) = running_with_a_root().await;
+    let t0 = Instant::now();
+    // A full re-list (etcd restored, a watch behind compaction) no longer holds `app`.
+    run.send(Input::Etcd(WatchEvent::Snapshot {
+        revision: 5,
+        scopes: vec![
+            (Scope::Prefix(0), vec![]),
+            (
+                Scope::Root(0),
+                vec![(b"/services/other/10.0.0.9:80".to_vec(), b"running".to_vec())],
+            ),
+        ],
+    }))
+    .await;
+    settle().await;
+    assert!(has_backend(&out, "app"), "not dropped at once");
+    assert!(has_backend(&out, "other"));
+    tokio::time::sleep_until(t0 + GRACE - ms(1)).await;
+    settle().await;
+    assert!(has_backend(&out, "app"));
+    tokio::time::sleep_until(t0 + GRACE + Timing::default().min_reload_interval).await;
+    settle().await;
+    assert!(!has_backend(&out, "app"));
+    assert!(has_backend(&out, "other"));
+    let attempts = *r.attempts.lock().unwrap();
+    assert_eq!(attempts, 3, "the new backend and the removed one reloaded");
     run.stop().await;
 }

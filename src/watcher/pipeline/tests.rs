@@ -5,7 +5,7 @@ use crate::core::keys::ServicePrefix;
 use crate::haproxy::{CheckError, ReloadError};
 use crate::watcher::catalog::Catalog;
 use crate::watcher::render::{Renderer, TemplateSpec};
-use crate::watcher::source::{KvChange, WatchEvent};
+use crate::watcher::source::{KvChange, Scope, WatchEvent, Watched};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
@@ -96,7 +96,7 @@ pub(super) fn renderer_and_catalog(
     }])
     .unwrap();
     let catalog = Catalog::with_views(
-        vec![ServicePrefix::parse("/service").unwrap()],
+        Watched::prefixes(vec![ServicePrefix::parse("/service").unwrap()]),
         renderer.views(),
     )
     .unwrap();
@@ -122,8 +122,8 @@ pub(super) fn setup_with(timing: Timing) -> Setup {
 pub(super) fn snapshot(keys: &[&str]) -> Input {
     Input::Etcd(WatchEvent::Snapshot {
         revision: 1,
-        services: vec![(
-            0,
+        scopes: vec![(
+            Scope::Prefix(0),
             keys.iter()
                 .map(|k| (k.as_bytes().to_vec(), b"running".to_vec()))
                 .collect(),
@@ -133,7 +133,7 @@ pub(super) fn snapshot(keys: &[&str]) -> Input {
 
 pub(super) fn put(key: &str, value: &str) -> Input {
     Input::Etcd(WatchEvent::Changes {
-        service: 0,
+        scope: Scope::Prefix(0),
         revision: 2,
         changes: vec![KvChange::Put {
             key: key.as_bytes().to_vec(),

@@ -34,7 +34,7 @@ pub(super) enum Restart {
 /// Reads the store's identity and compares it with what the watches have seen.
 pub(super) struct Checker {
     client: Client,
-    /// The watch key of the first prefix: a point lookup, whatever the number of endpoints,
+    /// The watch key of the first prefix or root: a point lookup, whatever the number of endpoints,
     /// that the watcher's etcd role may read.
     key: String,
     timeout: Duration,

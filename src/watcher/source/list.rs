@@ -1,7 +1,9 @@
-//! Listing service prefixes at one revision, page by page, together with the store identity
+//! Listing service prefixes and roots (each one range of keys, with its [`Scope`]) at one
+//! revision, page by page, together with the store identity
 //! (cluster id, highest revision) that the listing's response headers show.
 
 use super::identity::{Observation, Stamp, StoreIdentity};
+use super::scope::Scope;
 use super::watch::WatchEvent;
 use crate::core::keys::ServicePrefix;
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -22,11 +24,12 @@ pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-/// Lists the given services at one revision (the current one when `revision` is 0), page by
-/// page, so even 100,000 keys never exceed a message limit.
+/// Lists the given prefixes and roots at one revision (the current one when `revision` is 0),
+/// page by page, so even 100,000 keys never exceed a message limit. A root is listed like a
+/// prefix: every key under it, whatever service it names.
 pub async fn list_services(
     client: &Client,
-    prefixes: &[(usize, ServicePrefix)],
+    prefixes: &[(Scope, ServicePrefix)],
     revision: i64,
 ) -> Result<WatchEvent> {
     list_stamped(client, prefixes, revision)
@@ -38,13 +41,13 @@ pub async fn list_services(
 /// headers of its pages disagree about the store (it changed during the listing).
 pub(super) async fn list_stamped(
     client: &Client,
-    prefixes: &[(usize, ServicePrefix)],
+    prefixes: &[(Scope, ServicePrefix)],
     mut revision: i64,
 ) -> Result<(WatchEvent, StoreIdentity)> {
     let mut kv = client.kv_client();
     let mut identity = StoreIdentity::default();
-    let mut services = Vec::with_capacity(prefixes.len());
-    for (idx, prefix) in prefixes {
+    let mut scopes = Vec::with_capacity(prefixes.len());
+    for (scope, prefix) in prefixes {
         let watch_key = prefix.watch_key().into_bytes();
         let end = prefix_end(&watch_key);
         let mut start = watch_key;
@@ -78,9 +81,9 @@ pub(super) async fn list_stamped(
                 break;
             }
         }
-        services.push((*idx, entries));
+        scopes.push((*scope, entries));
     }
-    Ok((WatchEvent::Snapshot { revision, services }, identity))
+    Ok((WatchEvent::Snapshot { revision, scopes }, identity))
 }
 
 #[cfg(test)]

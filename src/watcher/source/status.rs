@@ -1,5 +1,5 @@
-//! How the etcd source is doing, for the health endpoints and metrics: whether every prefix is
-//! listed and watched, and how many times it had to connect, list or watch again.
+//! How the etcd source is doing, for the health endpoints and metrics: whether every prefix and
+//! every root is listed and watched (a root's one watch counts like a prefix's), and how many times it had to connect, list or watch again.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -13,7 +13,7 @@ pub struct SourceStatus {
 }
 
 impl SourceStatus {
-    /// Whether every prefix is listed and watched (no watch broken).
+    /// Whether every prefix and root is listed and watched (no watch broken).
     pub fn connected(&self) -> bool {
         self.listed.load(Ordering::Relaxed) && self.broken.load(Ordering::Relaxed) == 0
     }
@@ -33,7 +33,7 @@ impl SourceStatus {
         }
     }
 
-    /// Every prefix listed, their watches starting.
+    /// Every prefix and root listed, their watches starting.
     pub(crate) fn listed(&self) {
         self.listed.store(true, Ordering::Relaxed);
     }

@@ -1,10 +1,11 @@
-//! Watching one service prefix for ever: re-watching from the last revision seen after a
-//! broken stream, re-listing the prefix after compaction, and reporting every response header
+//! Watching one service prefix or root for ever: re-watching from the last revision seen after
+//! a broken stream, re-listing it after compaction (its events carry its [`Scope`]), and reporting every response header
 //! that does not fit the store identity (see [`super::identity`]) to the supervisor in
 //! [`super::watch`], which confirms it and re-lists everything.
 
 use super::identity::{Observation, Stamp, StoreIdentity, Why};
 use super::list::list_stamped;
+use super::scope::Scope;
 use super::watch::{KvChange, WatchEvent};
 use crate::core::backoff::Backoff;
 use crate::core::keys::ServicePrefix;
@@ -48,10 +49,11 @@ impl Shared {
     }
 }
 
-/// One prefix's watch: which service it is and where its events go.
+/// One prefix's or root's watch: which it is and where its events go.
 pub(super) struct PrefixWatch {
     pub client: Client,
-    pub idx: usize,
+    pub scope: Scope,
+    /// The prefix or root: every key under it is watched.
     pub prefix: ServicePrefix,
     pub timeout: Duration,
     pub tx: mpsc::Sender<WatchEvent>,
@@ -88,10 +90,10 @@ impl PrefixWatch {
         }
     }
 
-    /// Lists this prefix again (retrying) and sends it; returns the listing's revision, or
-    /// `None` when the receiver is gone.
+    /// Lists this prefix or root again (retrying) and sends it; returns the listing's
+    /// revision, or `None` when the receiver is gone.
     async fn relist(&self, backoff: &mut Backoff) -> Option<i64> {
-        let one = [(self.idx, self.prefix.clone())];
+        let one = [(self.scope, self.prefix.clone())];
         loop {
             let listed =
                 tokio::time::timeout(self.timeout * 4, list_stamped(&self.client, &one, 0))
@@ -178,7 +180,7 @@ impl PrefixWatch {
                 });
             }
             let ev = WatchEvent::Changes {
-                service: self.idx,
+                scope: self.scope,
                 revision: *revision,
                 changes,
             };

@@ -1,5 +1,6 @@
-//! The watcher's view of etcd: list every service prefix at one revision, then watch each from
-//! that revision + 1, for ever.
+//! The watcher's view of etcd: list every service prefix and root at one revision, then watch
+//! each from that revision + 1, for ever: one watch per prefix and one per root (however many
+//! services the root holds).
 //!
 //! Nothing is missed: a broken watch is re-created from the last revision seen on it, and a
 //! watch whose start revision was compacted away re-lists its prefix and resumes from the new
@@ -16,6 +17,7 @@
 use super::check::{Checker, Restart};
 use super::identity::StoreIdentity;
 use super::list::list_stamped;
+use super::scope::{Scope, Watched};
 use super::status::SourceStatus;
 use super::stream::{PrefixWatch, Shared};
 use crate::core::backoff::Backoff;
@@ -41,32 +43,34 @@ pub enum KvChange {
 /// Raw key/value pairs of one service listing.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// What the etcd side tells the change pipeline. Services are indices into the prefix list.
+/// What the etcd side tells the change pipeline. A [`Scope`] says which prefix or root the
+/// keys come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
-    /// The complete contents of the listed services at `revision`; replaces what was known.
+    /// The complete contents of the listed prefixes and roots at `revision`; replaces what was
+    /// known of them.
     Snapshot {
         revision: i64,
-        services: Vec<(usize, Entries)>,
+        scopes: Vec<(Scope, Entries)>,
     },
-    /// Changes to one service, in revision order, up to `revision`.
+    /// Changes under one prefix or root, in revision order, up to `revision`.
     Changes {
-        service: usize,
+        scope: Scope,
         revision: i64,
         changes: Vec<KvChange>,
     },
 }
 
-/// Connects (retrying for ever), sends one snapshot of every prefix at one revision, then
-/// watches each prefix and sends its changes; starts over with a new snapshot whenever the
+/// Connects (retrying for ever), sends one snapshot of every prefix and root at one revision,
+/// then watches each and sends its changes; starts over with a new snapshot whenever the
 /// store turns out to be another one. Returns when the receiver is gone.
 pub async fn watch_services(
     args: EtcdArgs,
-    prefixes: Vec<ServicePrefix>,
+    watched: Watched,
     tx: mpsc::Sender<WatchEvent>,
     status: Arc<SourceStatus>,
 ) {
-    let all: Vec<(usize, ServicePrefix)> = prefixes.into_iter().enumerate().collect();
+    let all = watched.ranges();
     let mut again = false;
     loop {
         status.listing(again);
@@ -81,7 +85,8 @@ pub async fn watch_services(
             revision,
             store_revision = identity.revision(),
             cluster_id = %hex(identity.cluster_id()),
-            services = all.len(),
+            prefixes = watched.prefixes.len(),
+            roots = watched.roots.len(),
             "listed services from etcd"
         );
         if tx.send(snapshot).await.is_err() {
@@ -93,7 +98,7 @@ pub async fn watch_services(
                 new_cluster_id = %hex(Some(new.cluster_id)),
                 old_revision = old.revision(),
                 new_revision = new.revision,
-                "the etcd store is not the one listed before: {why}; re-listing every service prefix at its revision"
+                "the etcd store is not the one listed before: {why}; re-listing every service prefix and root at its revision"
             ),
             Some(Restart::TaskFailed) => {}
             None => return,
@@ -105,10 +110,10 @@ fn hex(cluster_id: Option<u64>) -> String {
     cluster_id.map(|c| format!("{c:#x}")).unwrap_or_default()
 }
 
-/// Connects and lists every prefix, retrying with backoff until it works.
+/// Connects and lists every prefix and root, retrying with backoff until it works.
 async fn connect_and_list(
     args: &EtcdArgs,
-    all: &[(usize, ServicePrefix)],
+    all: &[(Scope, ServicePrefix)],
 ) -> (Client, WatchEvent, StoreIdentity) {
     let mut backoff = Backoff::default();
     let timeout = args.etcd_timeout;
@@ -138,12 +143,12 @@ async fn connect_and_list(
     }
 }
 
-/// Runs one watch per prefix from `revision + 1` and checks the store's identity until it
+/// Runs one watch per prefix and per root from `revision + 1` and checks the store's identity until it
 /// changes (returns why, with every watch stopped) or the receiver is gone (`None`).
 /// `revision` is the listing's; `identity` what its headers showed.
 async fn supervise(
     args: &EtcdArgs,
-    all: &[(usize, ServicePrefix)],
+    all: &[(Scope, ServicePrefix)],
     client: Client,
     revision: i64,
     identity: StoreIdentity,
@@ -157,10 +162,10 @@ async fn supervise(
         status: status.clone(),
     };
     let mut tasks = JoinSet::new();
-    for (idx, prefix) in all {
+    for (scope, prefix) in all {
         let watch = PrefixWatch {
             client: client.clone(),
-            idx: *idx,
+            scope: *scope,
             prefix: prefix.clone(),
             timeout: args.etcd_timeout,
             tx: tx.clone(),

@@ -45,6 +45,18 @@ impl Haproxy {
     /// (created with an empty `service` backend when missing); returns once the frontend
     /// accepts connections.
     pub async fn start_with(dir: &Path, base: PathBuf, output: PathBuf) -> Haproxy {
+        Self::start_with_env(dir, base, output, &[]).await
+    }
+
+    /// [`start_with`](Self::start_with), with `extra` variables in HAProxy's environment too
+    /// (a rendered file may read them, e.g. to bind a frontend of its own; they are in
+    /// [`Haproxy::env`], which the watcher gets for `haproxy -c`).
+    pub async fn start_with_env(
+        dir: &Path,
+        base: PathBuf,
+        output: PathBuf,
+        extra: &[(String, String)],
+    ) -> Haproxy {
         if !output.exists() {
             std::fs::write(&output, "backend service\n").expect("write backends.cfg");
         }
@@ -56,7 +68,10 @@ impl Haproxy {
                 "DOCKREG_STATS_BIND".to_string(),
                 format!("127.0.0.1:{}", free_port()),
             ),
-        ];
+        ]
+        .into_iter()
+        .chain(extra.iter().cloned())
+        .collect();
         let mut h = Haproxy {
             http,
             master_socket: dir.join("master.sock"),
