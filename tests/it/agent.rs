@@ -601,3 +601,94 @@ async fn agent_through_a_tcp_socket_proxy_catches_up_after_losing_the_engine() {
         agent.log_text()
     );
 }
+
+/// The whole path: the agent registers a container of a service nobody has seen, the watcher
+/// with `--root /services` (not restarted) makes it a backend, HAProxy routes to it; the
+/// container stops, and the backend goes after `--service-grace`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_of_a_new_service_is_routed_through_haproxy_without_a_restart() {
+    if !docker_available() {
+        return;
+    }
+    image();
+    let scope = format!("t{}", free_port());
+    let (w, by_host) = crate::roots::rooted_world().await;
+    let _watcher = crate::roots::rooted_watcher(&w, &[]);
+    let _agent = Agent::start(w.dir.path(), &w.etcd.url(), &scope, &[]);
+    // The watcher is up and serving before the service exists.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = get_host_path(by_host, "fresh", "/").await.map(|r| r.status);
+    assert_eq!(
+        before,
+        Some(503),
+        "no backend for a service nobody registered"
+    );
+
+    let c = app(
+        &scope,
+        &["dockreg.service=fresh", "dockreg.check=http:/health"],
+        &[],
+        &[],
+    );
+    let started = Instant::now();
+    let routed = loop {
+        match get_host_path(by_host, "fresh", "/").await {
+            Some(r) if r.status == 200 => break r,
+            _ if started.elapsed() > Duration::from_secs(15) => {
+                panic!(
+                    "the new service was never routed: {:?}",
+                    get_host_path(by_host, "fresh", "/").await
+                )
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    assert!(
+        routed.body.contains("hello from the app"),
+        "{}",
+        routed.body
+    );
+    eprintln!(
+        "docker run → routed through HAProxy in {:?}",
+        started.elapsed()
+    );
+    assert!(w.haproxy.output.exists());
+    let file = std::fs::read_to_string(&w.haproxy.output).unwrap();
+    assert!(file.contains("backend fresh"), "{file}");
+
+    // The container goes: out of rotation at once, the backend itself after the grace.
+    let stopped = Instant::now();
+    drop(c);
+    loop {
+        let status = get_host_path(by_host, "fresh", "/").await.map(|r| r.status);
+        if status == Some(503) {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(5),
+            "still routed: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let file = std::fs::read_to_string(&w.haproxy.output).unwrap();
+    assert!(
+        file.contains("backend fresh"),
+        "the backend stays through the grace:\n{file}"
+    );
+    let grace_end = Instant::now() + crate::roots::GRACE + Duration::from_secs(10);
+    loop {
+        let file = std::fs::read_to_string(&w.haproxy.output).unwrap();
+        if !file.contains("backend fresh") {
+            break;
+        }
+        assert!(
+            Instant::now() < grace_end,
+            "backend still there after the grace:\n{file}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "backend removed {:?} after the container stopped",
+        stopped.elapsed()
+    );
+}

@@ -11,11 +11,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// The grace the tests run the watcher with.
-const GRACE: Duration = Duration::from_secs(2);
+pub(crate) const GRACE: Duration = Duration::from_secs(2);
 
 /// A world whose HAProxy also reads `DOCKREG_BY_HOST_BIND`, the address of the frontend the
 /// test template renders; and that address.
-async fn rooted_world() -> (World, SocketAddr) {
+pub(crate) async fn rooted_world() -> (World, SocketAddr) {
     let dir = tempfile::tempdir().expect("temp dir");
     let etcd = Etcd::start(dir.path()).await;
     let by_host = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -38,7 +38,7 @@ async fn rooted_world() -> (World, SocketAddr) {
 
 /// The watcher with the runtime API, `--prefix /service --root /services`, a 2 s grace and
 /// the by-Host template.
-fn rooted_watcher(w: &World, extra: &[&str]) -> Watcher {
+pub(crate) fn rooted_watcher(w: &World, extra: &[&str]) -> Watcher {
     let template = format!("{REPO}/tests/it/templates/by-host.cfg.tera");
     let out = w.haproxy.output.display().to_string();
     let grace = format!("{}s", GRACE.as_secs());
