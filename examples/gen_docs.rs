@@ -5,10 +5,12 @@
 //! cargo run --example gen_docs -- target/docs
 //! ```
 //!
-//! writes `man/dockreg.1`, `man/dockreg-haproxy.1` and `completions/{bash,zsh,fish}/…`.
+//! writes `man/dockreg.1`, `man/dockreg-agent.1`, `man/dockreg-haproxy.1` and
+//! `completions/{bash,zsh,fish}/…`.
 
 use clap::CommandFactory;
 use clap_complete::Shell;
+use dockreg::agent::AgentArgs;
 use dockreg::sidekick::SidekickArgs;
 use dockreg::watcher::WatcherArgs;
 use std::path::{Path, PathBuf};
@@ -32,6 +34,8 @@ fn main() -> std::io::Result<()> {
             clap_complete::generate_to(shell, &mut cmd, name, &dir)?;
         }
     }
+    // `dockreg agent` is a subcommand of `dockreg`: its page is `dockreg-agent(1)`.
+    write_man(&out.join("man"), &AgentArgs::command_line().name("dockreg-agent"))?;
     println!("man pages and completions in {}", out.display());
     Ok(())
 }

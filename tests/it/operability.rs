@@ -490,7 +490,15 @@ fn the_systemd_units_verify_cleanly() {
         d.join("haproxy.service.d/dockreg.conf"),
     )
     .unwrap();
-    for unit in ["dockreg-haproxy.service", "haproxy.service"] {
+    let agent = std::fs::read_to_string(format!("{REPO}/haproxy/systemd/dockreg-agent.service"))
+        .unwrap()
+        .replace("/usr/bin/dockreg", env!("CARGO_BIN_EXE_dockreg"));
+    std::fs::write(d.join("dockreg-agent.service"), agent).unwrap();
+    for unit in [
+        "dockreg-haproxy.service",
+        "haproxy.service",
+        "dockreg-agent.service",
+    ] {
         let o = Command::new("systemd-analyze")
             .arg("verify")
             .arg(d.join(unit))
@@ -514,6 +522,19 @@ fn the_systemd_units_verify_cleanly() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout)
         .contains("runtime-socket = \"/run/haproxy/admin.sock\"  # file"));
+    // And the agent's example config file is one the agent takes.
+    let o = Command::new(env!("CARGO_BIN_EXE_dockreg"))
+        .args([
+            "agent",
+            "--config",
+            &format!("{REPO}/haproxy/systemd/dockreg-agent.toml"),
+            "--print-config",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let printed = String::from_utf8_lossy(&o.stdout);
+    assert!(printed.contains("root = \"/services\"  # file"), "{printed}");
 }
 
 #[test]

@@ -57,6 +57,8 @@ async fn the_package_installs_runs_and_goes_away() {
         "usr/lib/systemd/system/dockreg-haproxy.service",
         "usr/lib/systemd/system/haproxy.service.d/dockreg.conf",
         "etc/dockreg/dockreg-haproxy.toml",
+        "usr/lib/systemd/system/dockreg-agent.service",
+        "etc/dockreg/dockreg-agent.toml",
         "usr/share/dockreg/templates/per-service.cfg.tera",
         "usr/share/bash-completion/completions/dockreg-haproxy",
         "usr/share/zsh/vendor-completions/_dockreg",
