@@ -27,7 +27,8 @@ pub(crate) enum CheckKind {
     after_help = "Health check: `dockreg healthcheck` asks a running sidekick's /readyz (on its \
                   --metrics-addr or DOCKREG_METRICS_ADDR) and exits 0 when the app is healthy and \
                   registered, 1 when not: a Docker HEALTHCHECK for an image with nothing but the \
-                  binaries."
+                  binaries. `dockreg agent --help`: one agent per host instead of a sidekick per \
+                  container."
 )]
 pub struct SidekickArgs {
     #[command(flatten)]
