@@ -56,6 +56,8 @@ pub(crate) struct Registrar {
     previous: HashMap<String, i64>,
     /// Keys found under another lease (warned about once).
     foreign: HashSet<String>,
+    /// Keys under our lease that we did not know we held (a put whose answer was lost).
+    stray: HashSet<String>,
 }
 
 impl Registrar {
@@ -77,6 +79,7 @@ impl Registrar {
             held: HashMap::new(),
             previous: HashMap::new(),
             foreign: HashSet::new(),
+            stray: HashSet::new(),
         }
     }
 
@@ -215,15 +218,15 @@ impl Registrar {
         Ok(Put::Foreign)
     }
 
-    /// Deletes `key` if it holds our lease (or is our previous run's, unchanged since).
+    /// Deletes `key` if it holds our lease (or is our previous run's, unchanged since). A key
+    /// under our lease that we did not know we held (a put whose answer was lost) goes too.
     pub(crate) async fn delete(&mut self, key: &str) -> Result<(), CallError> {
         self.foreign.remove(key);
-        let fence = if self.held.contains_key(key) {
-            self.lease.map(|l| Compare::lease(key, CompareOp::Equal, l))
-        } else {
-            self.previous
-                .get(key)
-                .map(|rev| Compare::mod_revision(key, CompareOp::Equal, *rev))
+        let ours = self.held.contains_key(key) || self.stray.remove(key);
+        let fence = match (self.previous.get(key), self.lease) {
+            (Some(rev), _) => Some(Compare::mod_revision(key, CompareOp::Equal, *rev)),
+            (None, Some(lease)) if ours => Some(Compare::lease(key, CompareOp::Equal, lease)),
+            _ => None,
         };
         let Some(fence) = fence else {
             self.held.remove(key);
@@ -305,10 +308,11 @@ impl Registrar {
             tracing::warn!(key = %k, "key is gone from etcd; putting it back");
             self.held.remove(k);
         }
-        Ok(keys
+        self.stray = keys
             .into_iter()
             .filter(|k| !self.held.contains_key(k))
-            .collect())
+            .collect();
+        Ok(self.stray.iter().cloned().collect())
     }
 
     /// The lease is known gone: forget it and every key (they went with it).
