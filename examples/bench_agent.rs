@@ -56,7 +56,7 @@ use dockreg_testkit::docker::{build_image as docker_build, try_docker, BUSYBOX};
 use dockreg_testkit::etcd::Etcd;
 use dockreg_testkit::{repo_root, Guard};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -234,6 +234,22 @@ impl Events {
             .count()
     }
 
+    /// Events (puts and deletes) that arrived between `from` and `to`: of the bench's keys, and
+    /// of any other key (containers of someone else that opt in too).
+    fn between(&mut self, from: Instant, to: Instant) -> (usize, usize) {
+        self.drain();
+        let bench = format!("{ROOT}/{SERVICE}/");
+        let (mut ours, mut others) = (0, 0);
+        for s in self.log.iter().filter(|s| s.at >= from && s.at <= to) {
+            if s.key.starts_with(&bench) {
+                ours += 1;
+            } else {
+                others += 1;
+            }
+        }
+        (ours, others)
+    }
+
     /// Takes in the events until `done` says so; fails after `timeout`.
     async fn wait_for(
         &mut self,
@@ -259,6 +275,7 @@ impl Events {
 /// A line of the agent's JSON log.
 struct LogLine {
     at: SystemTime,
+    level: String,
     message: String,
     fields: serde_json::Value,
 }
@@ -307,26 +324,9 @@ impl Agent {
         let _ = self.child.0.wait();
     }
 
-    fn lines(&self) -> Vec<LogLine> {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| {
-                let at = parse_utc(v.get("timestamp")?.as_str()?)?;
-                let fields = v.get("fields")?.clone();
-                let message = fields.get("message")?.as_str()?.to_string();
-                Some(LogLine {
-                    at,
-                    message,
-                    fields,
-                })
-            })
-            .collect()
-    }
-
     /// The lines whose message is `message`.
     fn find(&self, message: &str) -> Vec<LogLine> {
-        self.lines()
+        read_log(&self.log)
             .into_iter()
             .filter(|l| l.message == message)
             .collect()
@@ -371,6 +371,41 @@ impl Agent {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
+}
+
+/// The lines of an agent's JSON log.
+fn read_log(path: &Path) -> Vec<LogLine> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            let at = parse_utc(v.get("timestamp")?.as_str()?)?;
+            let level = v.get("level")?.as_str()?.to_string();
+            let fields = v.get("fields")?.clone();
+            let message = fields.get("message")?.as_str()?.to_string();
+            Some(LogLine {
+                at,
+                level,
+                message,
+                fields,
+            })
+        })
+        .collect()
+}
+
+/// The warnings and errors of every agent log in `dir`: message → how many.
+fn warnings(dir: &Path, runs: usize) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for run in 0..=runs {
+        for line in read_log(&dir.join(format!("agent-{run}.log"))) {
+            if line.level == "WARN" || line.level == "ERROR" {
+                *seen
+                    .entry(format!("{} {}", line.level, line.message))
+                    .or_insert(0) += 1;
+            }
+        }
+    }
+    seen
 }
 
 /// `2025-01-31T12:34:56.123456Z` (tracing-subscriber's timestamps) as a time.
@@ -435,12 +470,6 @@ fn etcd_metrics(url: &str) -> Result<HashMap<String, f64>> {
         .collect())
 }
 
-/// etcd's store revision (it grows by one per write that changed a key).
-async fn revision(client: &Client) -> Result<i64> {
-    let resp = client.kv_client().get("/bench-agent/revision", None).await?;
-    Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
-}
-
 /// The keys under `/services/bench/` with their leases.
 async fn bench_keys(client: &Client) -> Result<HashMap<String, i64>> {
     let resp = client
@@ -461,17 +490,15 @@ async fn bench_keys(client: &Client) -> Result<HashMap<String, i64>> {
 struct Snapshot {
     at: Instant,
     metrics: HashMap<String, f64>,
-    revision: i64,
     agent_cpu: f64,
     dockerd_cpu: Option<f64>,
 }
 
 impl Snapshot {
-    async fn take(url: &str, client: &Client, agent: &Agent, dockerd: Option<u32>) -> Result<Self> {
+    fn take(url: &str, agent: &Agent, dockerd: Option<u32>) -> Result<Self> {
         Ok(Snapshot {
             at: Instant::now(),
             metrics: etcd_metrics(url)?,
-            revision: revision(client).await?,
             agent_cpu: cpu_seconds(agent.pid()).ok_or_else(|| anyhow!("the agent is gone"))?,
             dockerd_cpu: dockerd.and_then(cpu_seconds),
         })
@@ -482,18 +509,20 @@ impl Snapshot {
 struct Delta {
     secs: f64,
     counters: HashMap<&'static str, f64>,
-    revisions: f64,
     agent_cpu: f64,
     dockerd_cpu: Option<f64>,
 }
 
-const COUNTERS: [&str; 6] = [
+/// The counters compared, and the store revision (a gauge; it grows by one per write that
+/// changed a key), read from `/metrics` so that measuring it costs etcd no request.
+const COUNTERS: [&str; 7] = [
     "etcd_mvcc_put_total",
     "etcd_mvcc_delete_total",
     "etcd_mvcc_txn_total",
     "etcd_server_proposals_committed_total",
     "etcd_debugging_lease_renewed_total",
     "etcd_mvcc_range_total",
+    "etcd_debugging_mvcc_current_revision",
 ];
 
 impl Delta {
@@ -508,7 +537,6 @@ impl Delta {
         Delta {
             secs: (b.at - a.at).as_secs_f64(),
             counters,
-            revisions: (b.revision - a.revision) as f64,
             agent_cpu: b.agent_cpu - a.agent_cpu,
             dockerd_cpu: a.dockerd_cpu.zip(b.dockerd_cpu).map(|(a, b)| b - a),
         }
@@ -520,6 +548,11 @@ impl Delta {
 
     fn rate(&self, name: &str) -> f64 {
         self.get(name) / self.secs
+    }
+
+    /// Writes that changed a key (store revisions).
+    fn revisions(&self) -> f64 {
+        self.get("etcd_debugging_mvcc_current_revision")
     }
 }
 
@@ -540,25 +573,22 @@ struct Restart {
     deletes: usize,
 }
 
-/// SIGKILLs `agent`, starts it again with `extra` flags and waits until every key of `keys` is
-/// put again under one new lease; when `measure`, also until the dead agent's lease expired,
-/// and returns what it took.
-#[allow(clippy::too_many_arguments)]
+/// SIGKILLs `agent`, starts it again with `extra` flags, waits until every key of `keys` is put
+/// again under one new lease and until the dead agent's lease expired; returns what it took.
 async fn restart(
     agent: &mut Agent,
-    run: usize,
     extra: &[&str],
     keys: &[String],
-    ctx: &Ctx<'_>,
+    ctx: &mut Ctx<'_>,
     events: &mut Events,
-    measure: bool,
-) -> Result<Option<Restart>> {
+) -> Result<Restart> {
     let before = bench_keys(ctx.client).await?;
     let old: BTreeSet<i64> = before.values().copied().collect();
-    let s0 = Snapshot::take(ctx.url, ctx.client, agent, None).await?;
+    let s0 = Snapshot::take(ctx.url, agent, None)?;
     let killed = Instant::now();
     agent.kill9();
-    *agent = Agent::start(ctx.bin, ctx.dir, ctx.url, run, extra)?;
+    ctx.runs += 1;
+    *agent = Agent::start(ctx.bin, ctx.dir, ctx.url, ctx.runs, extra)?;
     let t0 = agent.spawned;
     events
         .wait_for(KEY_TIMEOUT, "every key adopted after the restart", |e| {
@@ -584,9 +614,6 @@ async fn restart(
             leases.len(),
             keys.len()
         );
-    }
-    if !measure {
-        return Ok(None);
     }
     let resynced = agent
         .wait_line("resynced", agent.spawned_wall, KEY_TIMEOUT)
@@ -614,11 +641,11 @@ async fn restart(
     // Take in the watch's events up to now.
     tokio::time::sleep(Duration::from_millis(200)).await;
     events.drain();
-    let s1 = Snapshot::take(ctx.url, ctx.client, agent, None).await?;
+    let s1 = Snapshot::take(ctx.url, agent, None)?;
     let bench_prefix = format!("{ROOT}/{SERVICE}/");
     let all_puts = events.count_since(EventType::Put, ROOT, killed);
     let bench_puts = events.count_since(EventType::Put, &bench_prefix, killed);
-    Ok(Some(Restart {
+    Ok(Restart {
         adopted,
         resynced_at: agent.since_spawn(&resynced),
         resync_took: took_ms(&resynced).unwrap_or(f64::NAN),
@@ -627,7 +654,7 @@ async fn restart(
         bench_puts,
         other_puts: all_puts - bench_puts,
         deletes: events.count_since(EventType::Delete, ROOT, killed),
-    }))
+    })
 }
 
 /// What every step needs.
@@ -636,6 +663,8 @@ struct Ctx<'a> {
     dir: &'a Path,
     url: &'a str,
     client: &'a Client,
+    /// Agents started so far (each logs to `agent-<n>.log`).
+    runs: usize,
 }
 
 /// A started app container.
@@ -660,6 +689,14 @@ fn status_mb(pid: u32, field: &str) -> Result<f64> {
     proc_status_kb(pid, field)
         .map(|kb| kb as f64 / 1024.0)
         .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))
+}
+
+/// The 1-minute load average (other work on the host shows in the figures).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".to_string())
 }
 
 fn dockerd_pid() -> Option<u32> {
@@ -687,21 +724,22 @@ async fn run() -> Result<()> {
     let url = etcd.url();
     let client = Client::connect([url.as_str()], None).await?;
     let mut events = Events::start(&client).await?;
-    let ctx = Ctx {
+    let mut ctx = Ctx {
         bin: &bin,
         dir: dir.path(),
         url: &url,
         client: &client,
+        runs: 0,
     };
     let dockerd = dockerd_pid();
+    let load_start = loadavg();
     let others = docker(&["ps", "-q", "--filter", "label=dockreg.service"])?
         .lines()
         .count();
     if others > 0 {
         eprintln!("bench: note: {others} other running container(s) opt in (dockreg.service); the agent registers them too");
     }
-    let mut runs = 0;
-    let mut agent = Agent::start(&bin, dir.path(), &url, runs, &[])?;
+    let mut agent = Agent::start(&bin, dir.path(), &url, ctx.runs, &[])?;
     let first_command = agent.command.clone();
     agent
         .wait_line("connected to the Docker engine", UNIX_EPOCH, KEY_TIMEOUT)
@@ -780,11 +818,13 @@ async fn run() -> Result<()> {
         .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     eprintln!("bench: at rest for {REST_WINDOW:?} with {n} registered ...");
-    let r0 = Snapshot::take(&url, &client, &agent, dockerd).await?;
+    let r0 = Snapshot::take(&url, &agent, dockerd)?;
     let rest_wall = SystemTime::now();
     tokio::time::sleep(REST_WINDOW).await;
-    let r1 = Snapshot::take(&url, &client, &agent, dockerd).await?;
+    let r1 = Snapshot::take(&url, &agent, dockerd)?;
     let rest = Delta::between(&r0, &r1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rest_events = events.between(r0.at, r1.at);
     let rest_resyncs = agent
         .find("resynced")
         .iter()
@@ -799,11 +839,8 @@ async fn run() -> Result<()> {
     // 3. Restarts: SIGKILL, start, every key adopted.
     let mut restarts = Vec::new();
     for r in 0..RESTARTS {
-        runs += 1;
         eprintln!("bench: restart {}/{RESTARTS} (SIGKILL, start) ...", r + 1);
-        let s = restart(&mut agent, runs, &[], &keys, &ctx, &mut events, true)
-            .await?
-            .ok_or_else(|| anyhow!("no restart figures"))?;
+        let s = restart(&mut agent, &[], &keys, &mut ctx, &mut events).await?;
         eprintln!(
             "bench: adopted {} keys {:.0} ms after the start; first resync took {:.0} ms",
             s.found, s.adopted, s.resync_took
@@ -812,16 +849,18 @@ async fn run() -> Result<()> {
     }
 
     // 4. Periodic resyncs with --resync 2s.
-    runs += 1;
     eprintln!("bench: agent with --resync {RESYNC_EVERY} for {RESYNC_WINDOW:?} ...");
     let resync_flags = ["--resync", RESYNC_EVERY];
-    restart(&mut agent, runs, &resync_flags, &keys, &ctx, &mut events, false).await?;
+    restart(&mut agent, &resync_flags, &keys, &mut ctx, &mut events).await?;
     let resync_command = agent.command.clone();
-    let p0 = Snapshot::take(&url, &client, &agent, dockerd).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let p0 = Snapshot::take(&url, &agent, dockerd)?;
     let window_wall = SystemTime::now();
     tokio::time::sleep(RESYNC_WINDOW).await;
-    let p1 = Snapshot::take(&url, &client, &agent, dockerd).await?;
+    let p1 = Snapshot::take(&url, &agent, dockerd)?;
     let periodic = Delta::between(&p0, &p1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let periodic_events = events.between(p0.at, p1.at);
     let tooks: Vec<f64> = agent
         .find("resynced")
         .iter()
@@ -838,8 +877,8 @@ async fn run() -> Result<()> {
         .map(|(w, r)| per_resync(w, r / rest.secs));
 
     // 5. docker stop → key gone, with the default flags again.
-    runs += 1;
-    restart(&mut agent, runs, &[], &keys, &ctx, &mut events, false).await?;
+    eprintln!("bench: restart with the defaults ...");
+    restart(&mut agent, &[], &keys, &mut ctx, &mut events).await?;
     eprintln!("bench: docker stop -t 1 of {stops} containers, one after another ...");
     let (mut gone_ms, mut stop_ms) = (Vec::new(), Vec::new());
     for app in &apps[..stops] {
@@ -879,6 +918,10 @@ async fn run() -> Result<()> {
         )
     };
     drop(agent);
+    let warned = warnings(dir.path(), ctx.runs);
+    for (message, count) in &warned {
+        eprintln!("bench: agent logged {count} × {message}");
+    }
 
     let rs = RESTARTS;
     let w = REST_WINDOW.as_secs();
@@ -907,6 +950,11 @@ async fn run() -> Result<()> {
         p50_p99_text(&stop_ms)
     );
     println!("| etcd holds exactly the running containers' keys after the stops | {matches} | |");
+    println!(
+        "| agent warnings and errors logged (all runs) | {} | {} agents |",
+        warned.values().sum::<usize>(),
+        ctx.runs + 1
+    );
     println!("| agent RSS at rest, `VmRSS` / `VmHWM` (MB) | {rss:.1} / {hwm:.1} | {held} keys |");
     println!("| … of it anonymous (`RssAnon`) / file-backed (`RssFile`) (MB) | {anon:.1} / {file:.1} | |");
     println!("| agent threads | {threads} | |");
@@ -929,7 +977,11 @@ async fn run() -> Result<()> {
     println!(
         "| etcd raft proposals committed / store revisions per second at rest | {:.3} / {:.3} | {w} s |",
         rest.rate("etcd_server_proposals_committed_total"),
-        rest.revisions / rest.secs
+        rest.revisions() / rest.secs
+    );
+    println!(
+        "| key events the watch saw at rest: bench keys / other keys | {} / {} | {w} s |",
+        rest_events.0, rest_events.1
     );
     println!(
         "| lease keepalives / reads (range) per second at rest | {:.3} / {:.3} | {w} s |",
@@ -958,7 +1010,7 @@ async fn run() -> Result<()> {
     );
     println!(
         "| etcd per restart (kill → old lease expired): store revisions / raft proposals, mean | {:.0} / {:.0} | {rs} |",
-        of(|r| r.writes.revisions).iter().sum::<f64>() / rs as f64,
+        of(|r| r.writes.revisions()).iter().sum::<f64>() / rs as f64,
         of(|r| r.writes.get("etcd_server_proposals_committed_total")).iter().sum::<f64>() / rs as f64
     );
     println!(
@@ -985,8 +1037,16 @@ async fn run() -> Result<()> {
         tooks.len()
     );
     println!(
-        "| CPU per periodic resync, agent / dockerd (ms) | {agent_per_resync:.0} / {} | {pw} s |",
-        dockerd_per_resync.map_or("–".to_string(), |d| format!("{d:.0}"))
+        "| CPU with a resync every {RESYNC_EVERY}, agent / dockerd (% of one core) | {:.1} / {} | {pw} s |",
+        periodic.agent_cpu / periodic.secs * 100.0,
+        periodic
+            .dockerd_cpu
+            .map_or("–".to_string(), |d| format!("{:.1}", d / periodic.secs * 100.0))
+    );
+    println!(
+        "| … CPU per periodic resync (less the at-rest rate), agent / dockerd (ms) | {agent_per_resync:.0} / {} | {} |",
+        dockerd_per_resync.map_or("–".to_string(), |d| format!("{d:.0}")),
+        tooks.len()
     );
     println!(
         "| etcd per second during periodic resyncs: writes (put + delete + txn) / proposals / revisions | {:.3} / {:.3} / {:.3} | {pw} s |",
@@ -994,7 +1054,15 @@ async fn run() -> Result<()> {
             + periodic.rate("etcd_mvcc_delete_total")
             + periodic.rate("etcd_mvcc_txn_total"),
         periodic.rate("etcd_server_proposals_committed_total"),
-        periodic.revisions / periodic.secs
+        periodic.revisions() / periodic.secs
+    );
+    println!(
+        "| key events the watch saw during periodic resyncs: bench keys / other keys | {} / {} | {pw} s |",
+        periodic_events.0, periodic_events.1
+    );
+    println!(
+        "| host load average (1 min) at the start / end | {load_start} / {} | |",
+        loadavg()
     );
     println!();
     println!("```sh");
