@@ -42,7 +42,7 @@
 //!
 //! Key times come from an etcd watch on `/services/` (etcd-client), stamped when each event
 //! arrives. Every container (also found by this run's label) and the image are removed at the
-//! end, on error and on Ctrl-C. Takes about 6 minutes on 2 cores, most of it `docker run`,
+//! end, on error and on Ctrl-C. Takes about 5 minutes on 2 cores, most of it `docker run`,
 //! `docker stop` and the waits for a resync and for the old leases. The agent registers every
 //! container of the host that opts in, not only the bench's: etcd's totals include those
 //! (someone else's tests on a shared engine); the watch's counts tell them apart, and the
@@ -969,7 +969,7 @@ async fn run() -> Result<()> {
     );
     if let Some(d) = rest.dockerd_cpu {
         println!(
-            "| dockerd CPU at rest (% of one core; the checks go through docker-proxy) | {:.2} | {w} s |",
+            "| dockerd CPU at rest (% of one core) | {:.2} | {w} s |",
             d / rest.secs * 100.0
         );
     }
