@@ -35,7 +35,10 @@ fn main() -> std::io::Result<()> {
         }
     }
     // `dockreg agent` is a subcommand of `dockreg`: its page is `dockreg-agent(1)`.
-    write_man(&out.join("man"), &AgentArgs::command_line().name("dockreg-agent"))?;
+    write_man(
+        &out.join("man"),
+        &AgentArgs::command_line().name("dockreg-agent"),
+    )?;
     println!("man pages and completions in {}", out.display());
     Ok(())
 }

@@ -180,13 +180,18 @@ impl Registrar {
     async fn try_put(&mut self, key: &str, value: &str) -> Result<Put, CallError> {
         let lease = self.ensure_lease().await?;
         let put = TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)));
-        let mut ours_if = vec![
-            Compare::create_revision(key, CompareOp::Equal, 0),
-            Compare::lease(key, CompareOp::Equal, lease),
-        ];
-        if let Some(rev) = self.previous.get(key) {
-            ours_if.push(Compare::mod_revision(key, CompareOp::Equal, *rev));
-        }
+        // The likeliest condition first: each failed transaction is a raft proposal too.
+        let free = Compare::create_revision(key, CompareOp::Equal, 0);
+        let under_ours = Compare::lease(key, CompareOp::Equal, lease);
+        let ours_if = match self.previous.get(key) {
+            Some(rev) => vec![
+                Compare::mod_revision(key, CompareOp::Equal, *rev),
+                free,
+                under_ours,
+            ],
+            None if self.held.contains_key(key) => vec![under_ours, free],
+            None => vec![free, under_ours],
+        };
         let what = format!("putting etcd key \"{key}\"");
         for cmp in ours_if {
             let txn = Txn::new().when([cmp]).and_then([put.clone()]);

@@ -34,9 +34,12 @@ use tokio::time::Instant;
 const FIRST_PROBE_EVERY: Duration = Duration::from_millis(250);
 /// Inspections in flight during a full resync.
 const INSPECT_CONCURRENCY: usize = 16;
-/// Signals that stop a container (SIGINT, SIGQUIT, SIGKILL, SIGTERM): a `kill` event with one
-/// of them takes the container's keys away at once.
-const STOP_SIGNALS: [i32; 4] = [2, 3, 9, 15];
+/// Signals that stop a container (SIGINT, SIGKILL, SIGTERM; not SIGQUIT, a JVM's thread
+/// dump): a `kill` event with one of them takes the container's keys away at once.
+const STOP_SIGNALS: [i32; 3] = [2, 9, 15];
+/// How long a container sent a stop signal stays out while it keeps running: one that is
+/// still running after this survived the signal (it traps it) and is registered again.
+const STOP_HOLD: Duration = Duration::from_secs(30);
 
 /// One check result of one registration.
 struct CheckResult {
@@ -89,8 +92,9 @@ struct Agent {
     engine: Option<Engine>,
     /// Whether the previous run's keys have been settled (after the first full resync).
     adopted: bool,
-    /// Containers sent a stop signal: not registered until they start again.
-    stopping: HashSet<String>,
+    /// Containers sent a stop signal, and when: not registered until they start again, die,
+    /// or are still running [`STOP_HOLD`] later.
+    stopping: HashMap<String, Instant>,
     metrics: std::sync::Arc<AgentMetrics>,
     /// Connections to the engine so far.
     connections: u64,
@@ -191,7 +195,7 @@ pub async fn run(args: AgentArgs, shutdown: impl Future<Output = ()>) -> Result<
         generation: 0,
         engine: None,
         adopted: false,
-        stopping: HashSet::new(),
+        stopping: HashMap::new(),
         metrics: metrics.clone(),
         connections: 0,
     };
@@ -307,7 +311,7 @@ impl Agent {
                     // `docker stop`, `docker kill` and Ctrl-C: out of rotation before the app
                     // even sees the signal, so it drains instead of failing requests.
                     "kill" if signal.is_some_and(|s| STOP_SIGNALS.contains(&s)) => {
-                        self.stopping.insert(id.clone());
+                        self.stopping.entry(id.clone()).or_insert_with(Instant::now);
                     }
                     "start" => {
                         self.stopping.remove(&id);
@@ -491,10 +495,16 @@ impl Agent {
 
     /// Reconciles one container with what Docker said of it (`None`: gone).
     fn container(&mut self, id: &str, facts: Option<Facts>) {
+        if let Some(since) = self.stopping.get(id).copied() {
+            if since.elapsed() >= STOP_HOLD && facts.as_ref().is_some_and(|f| f.running) {
+                tracing::warn!(container = %short(id), after = ?since.elapsed(), "container still running after a stop signal (it traps it); registering it again");
+                self.stopping.remove(id);
+            }
+        }
         let selected = |f: &&Facts| self.engine.as_ref().is_none_or(|e| e.selects(f));
         let plan = facts
             .as_ref()
-            .filter(|_| !self.stopping.contains(id))
+            .filter(|_| !self.stopping.contains_key(id))
             .filter(selected)
             .map(|f| plan(f, &self.defaults, self.ip))
             .unwrap_or_default();
@@ -602,12 +612,20 @@ impl Agent {
                     entry.health.observe(true);
                     entry.seen_up = true;
                 }
+                // An adopted key's container has passed its checks already: its first probe
+                // comes at a random point of the interval, so a restarted agent does not probe
+                // every container at the same moment.
+                let first = if adopted {
+                    entry.wanted.check.interval.mul_f64(fastrand::f64())
+                } else {
+                    Duration::ZERO
+                };
                 entry.checker = Some(tokio::spawn(checker(
                     key.clone(),
                     entry.generation,
                     check.clone(),
                     entry.wanted.addr,
-                    entry.wanted.check.interval,
+                    (first, entry.wanted.check.interval),
                     entry.wanted.check.timeout,
                     self.results.clone(),
                 )));
@@ -672,17 +690,18 @@ impl Agent {
     }
 }
 
-/// Probes `addr` for ever, every `interval` (every [`FIRST_PROBE_EVERY`] until the first
-/// success), reporting each result.
+/// Probes `addr` for ever after `first`, every `interval` (every [`FIRST_PROBE_EVERY`] until
+/// the first success), reporting each result.
 async fn checker(
     key: String,
     generation: u64,
     check: Check,
     addr: SocketAddr,
-    interval: Duration,
+    (first, interval): (Duration, Duration),
     timeout: Duration,
     results: mpsc::Sender<CheckResult>,
 ) {
+    tokio::time::sleep(first).await;
     let mut passed = false;
     loop {
         let outcome = probe(&check, addr, timeout).await;

@@ -692,3 +692,34 @@ async fn a_container_of_a_new_service_is_routed_through_haproxy_without_a_restar
         stopped.elapsed()
     );
 }
+
+/// A stop signal takes the key away at once; a container that survives it (busybox httpd as
+/// PID 1 ignores SIGTERM) is registered again 30 s later, at the next inspection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_that_survives_its_stop_signal_is_registered_again() {
+    let Some(s) = setup().await else { return };
+    let _agent = Agent::start(s.dir.path(), &s.url, &s.scope, &["--resync", "2s"]);
+    let c = app(&s.scope, &WEB, &[], &[]);
+    let mut want = BTreeSet::from([key_of("web", &c)]);
+    exactly(&s.client, &want, Duration::from_secs(10), "registered").await;
+    docker(&["kill", "-s", "TERM", &c.id]);
+    want.clear();
+    exactly(
+        &s.client,
+        &want,
+        Duration::from_secs(1),
+        "out at the signal",
+    )
+    .await;
+    assert!(c.running(), "busybox httpd as PID 1 ignores SIGTERM");
+    want.insert(key_of("web", &c));
+    let took = exactly(
+        &s.client,
+        &want,
+        Duration::from_secs(40),
+        "back after the hold",
+    )
+    .await;
+    eprintln!("registered again {took:?} after the signal it survived");
+    assert!(took >= Duration::from_secs(25), "back too early: {took:?}");
+}

@@ -534,7 +534,10 @@ fn the_systemd_units_verify_cleanly() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let printed = String::from_utf8_lossy(&o.stdout);
-    assert!(printed.contains("root = \"/services\"  # file"), "{printed}");
+    assert!(
+        printed.contains("root = \"/services\"  # file"),
+        "{printed}"
+    );
 }
 
 #[test]
