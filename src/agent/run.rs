@@ -31,7 +31,7 @@ use tokio::time::Instant;
 
 /// How often a container that has not passed a check yet is probed (up to its interval), so a
 /// new container is registered moments after its app listens.
-const FIRST_PROBE_EVERY: Duration = Duration::from_millis(250);
+const FIRST_PROBE_EVERY: Duration = Duration::from_millis(50);
 /// Inspections in flight during a full resync.
 const INSPECT_CONCURRENCY: usize = 16;
 /// Signals that stop a container (SIGINT, SIGKILL, SIGTERM; not SIGQUIT, a JVM's thread
