@@ -21,7 +21,8 @@
 use crate::core::endpoint::EndpointValue;
 use crate::core::etcd::ClusterId;
 use crate::sidekick::call::{within, CallError};
-use crate::sidekick::tasks::{keep_alive, KeepAlive, Notice};
+use crate::sidekick::lease::Lease;
+use crate::sidekick::tasks::Notice;
 use etcd_client::{
     Client, Compare, CompareOp, GetOptions, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,
 };
@@ -29,7 +30,6 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 /// What a put found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,13 +43,9 @@ pub(crate) enum Put {
 /// The agent's lease and the keys under it.
 pub(crate) struct Registrar {
     client: Client,
-    ttl: Duration,
     deadline: Duration,
     cluster: ClusterId,
-    lease: Option<i64>,
-    lease_epoch: u64,
-    keepalive: Option<JoinHandle<()>>,
-    notices: mpsc::Sender<Notice>,
+    lease: Lease,
     /// Key → (value, revision of our put) held under our lease, as far as we know.
     held: HashMap<String, (String, i64)>,
     /// Keys of this agent's previous run, with their mod revision.
@@ -67,15 +63,12 @@ impl Registrar {
         deadline: Duration,
         notices: mpsc::Sender<Notice>,
     ) -> Self {
+        let cluster = ClusterId::default();
         Self {
+            lease: Lease::new(client.clone(), ttl, deadline, cluster.clone(), notices),
             client,
-            ttl,
             deadline,
-            cluster: ClusterId::default(),
-            lease: None,
-            lease_epoch: 0,
-            keepalive: None,
-            notices,
+            cluster,
             held: HashMap::new(),
             previous: HashMap::new(),
             foreign: HashSet::new(),
@@ -132,33 +125,10 @@ impl Registrar {
     }
 
     async fn ensure_lease(&mut self) -> Result<i64, CallError> {
-        if self.lease.is_some() && self.lease_epoch != self.cluster.epoch() {
+        if self.lease.stale() {
             self.lease_lost("granted by a cluster that no longer answers");
         }
-        if let Some(id) = self.lease {
-            return Ok(id);
-        }
-        let ttl = self.ttl.as_secs().max(1) as i64;
-        let mut c = self.client.clone();
-        let resp = within("granting a lease", self.deadline, c.lease_grant(ttl, None)).await?;
-        self.cluster.observe(resp.header());
-        let id = resp.id();
-        tracing::info!(lease = format!("{id:x}"), ttl, "lease granted");
-        self.lease = Some(id);
-        self.lease_epoch = self.cluster.epoch();
-        if let Some(old) = self.keepalive.take() {
-            old.abort();
-        }
-        self.keepalive = Some(tokio::spawn(keep_alive(KeepAlive {
-            client: self.client.clone(),
-            id,
-            ttl: self.ttl,
-            deadline: self.deadline,
-            cluster: self.cluster.clone(),
-            epoch: self.lease_epoch,
-            notices: self.notices.clone(),
-        })));
-        Ok(id)
+        self.lease.grant_if_none().await
     }
 
     /// Puts `key` = `value` under the lease, unless it is already held so. A key that is free,
@@ -198,7 +168,7 @@ impl Registrar {
             let mut c = self.client.clone();
             let resp = within(&what, self.deadline, c.txn(txn)).await?;
             self.cluster.observe(resp.header());
-            if self.lease_epoch != self.cluster.epoch() {
+            if self.lease.stale() {
                 return Err(CallError::ClusterChanged {
                     what,
                     from: 0,
@@ -228,7 +198,7 @@ impl Registrar {
     pub(crate) async fn delete(&mut self, key: &str) -> Result<(), CallError> {
         self.foreign.remove(key);
         let ours = self.held.contains_key(key) || self.stray.remove(key);
-        let fence = match (self.previous.get(key), self.lease) {
+        let fence = match (self.previous.get(key), self.lease.id()) {
             (Some(rev), _) => Some(Compare::mod_revision(key, CompareOp::Equal, *rev)),
             (None, Some(lease)) if ours => Some(Compare::lease(key, CompareOp::Equal, lease)),
             _ => None,
@@ -274,7 +244,7 @@ impl Registrar {
     /// them back; returns keys under the lease that we do not hold (to delete). One read, no
     /// write.
     pub(crate) async fn audit(&mut self) -> Result<Vec<String>, CallError> {
-        let Some(lease) = self.lease else {
+        let Some(lease) = self.lease.id() else {
             self.held.clear();
             return Ok(Vec::new());
         };
@@ -322,7 +292,7 @@ impl Registrar {
 
     /// The lease is known gone: forget it and every key (they went with it).
     pub(crate) fn lease_lost(&mut self, why: &str) {
-        if let Some(id) = self.lease.take() {
+        if let Some(id) = self.lease.forget() {
             tracing::warn!(
                 lease = format!("{id:x}"),
                 why,
@@ -331,14 +301,11 @@ impl Registrar {
             );
         }
         self.held.clear();
-        if let Some(k) = self.keepalive.take() {
-            k.abort();
-        }
     }
 
     /// The keepalive says lease `id` is gone.
     pub(crate) fn forget_lease(&mut self, id: i64) {
-        if self.lease == Some(id) {
+        if self.lease.id() == Some(id) {
             self.lease_lost("the keepalive says so");
         }
     }
@@ -346,15 +313,7 @@ impl Registrar {
     /// Stops the keepalive and leaves the keys to the lease: they expire one TTL later unless
     /// a restarted agent adopts them first.
     pub(crate) fn stop(&mut self) {
-        if let Some(k) = self.keepalive.take() {
-            k.abort();
-        }
-    }
-}
-
-impl Drop for Registrar {
-    fn drop(&mut self) {
-        self.stop();
+        self.lease.stop_keepalive();
     }
 }
 

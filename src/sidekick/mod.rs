@@ -6,7 +6,8 @@
 //! - `run`: the main loop, [`run`](fn@run)`(args, shutdown)`;
 //! - `signals`: what stops it ([`stop_signal`]) and what is forwarded to the app;
 //! - `check`: the health checks (TCP, HTTP) and their rise/fall hysteresis;
-//! - `register`, `tasks`, `call`: the lease, the key under it, the keepalive and key watch,
+//! - `register`, `lease`, `tasks`, `call`: the key under a lease, the lease (shared with the
+//!   agent), the keepalive and key watch,
 //!   each etcd call bounded by a deadline;
 //! - `docker`: the own container id, the Engine API client, binding selection;
 //! - `wrapper`: the app as a child process (wrapper mode);
@@ -21,6 +22,7 @@ mod args;
 pub(crate) mod call;
 pub(crate) mod check;
 pub(crate) mod docker;
+pub(crate) mod lease;
 mod metrics;
 mod register;
 mod run;

@@ -8,7 +8,8 @@
 //! register grants a new one. Every call has a deadline.
 
 use super::call::{within, CallError};
-use super::tasks::{keep_alive, watch_key, KeepAlive, Notice};
+use super::lease::Lease;
+use super::tasks::{watch_key, Notice};
 use crate::core::etcd::ClusterId;
 use etcd_client::{Client, Compare, CompareOp, PutOptions, ResponseHeader, Txn, TxnOp};
 use std::time::Duration;
@@ -18,16 +19,12 @@ use tokio::task::JoinHandle;
 /// The registration of one key.
 pub(crate) struct Registration {
     client: Client,
-    ttl: Duration,
     /// Deadline of every etcd call but the ones on the stop path.
     deadline: Duration,
     cluster: ClusterId,
-    lease: Option<i64>,
-    /// The cluster epoch `lease` was granted in.
-    lease_epoch: u64,
+    lease: Lease,
     /// Our lease from before a cluster change: a key restored under it is still ours.
     stale_lease: Option<i64>,
-    keepalive: Option<JoinHandle<()>>,
     watch: Option<(String, JoinHandle<()>)>,
     /// The key currently held under our lease, if any.
     registered: Option<String>,
@@ -45,15 +42,19 @@ impl Registration {
         deadline: Duration,
         notices: mpsc::Sender<Notice>,
     ) -> Self {
+        let cluster = ClusterId::default();
         Self {
+            lease: Lease::new(
+                client.clone(),
+                ttl,
+                deadline,
+                cluster.clone(),
+                notices.clone(),
+            ),
             client,
-            ttl,
             deadline,
-            cluster: ClusterId::default(),
-            lease: None,
-            lease_epoch: 0,
+            cluster,
             stale_lease: None,
-            keepalive: None,
             watch: None,
             registered: None,
             standby: false,
@@ -68,7 +69,7 @@ impl Registration {
 
     /// The lease in use, if any.
     pub(crate) fn lease(&self) -> Option<i64> {
-        self.lease
+        self.lease.id()
     }
 
     /// Notes the cluster of a response; an error if our lease belongs to another cluster.
@@ -85,7 +86,7 @@ impl Registration {
                 "a different etcd cluster answers (wiped, recreated or restored)"
             );
         }
-        if self.lease.is_some() && self.lease_epoch != self.cluster.epoch() {
+        if self.lease.stale() {
             return Err(CallError::ClusterChanged {
                 what: what.to_string(),
                 from: from.unwrap_or_default(),
@@ -96,33 +97,10 @@ impl Registration {
     }
 
     async fn ensure_lease(&mut self) -> Result<i64, CallError> {
-        if self.lease.is_some() && self.lease_epoch != self.cluster.epoch() {
+        if self.lease.stale() {
             self.drop_lease("granted by a cluster that no longer answers");
         }
-        if let Some(id) = self.lease {
-            return Ok(id);
-        }
-        let ttl = self.ttl.as_secs().max(1) as i64;
-        let mut c = self.client.clone();
-        let resp = within("granting a lease", self.deadline, c.lease_grant(ttl, None)).await?;
-        self.cluster.observe(resp.header());
-        let id = resp.id();
-        tracing::info!(lease = format!("{id:x}"), ttl, "lease granted");
-        self.lease = Some(id);
-        self.lease_epoch = self.cluster.epoch();
-        if let Some(old) = self.keepalive.take() {
-            old.abort();
-        }
-        self.keepalive = Some(tokio::spawn(keep_alive(KeepAlive {
-            client: self.client.clone(),
-            id,
-            ttl: self.ttl,
-            deadline: self.deadline,
-            cluster: self.cluster.clone(),
-            epoch: self.lease_epoch,
-            notices: self.notices.clone(),
-        })));
-        Ok(id)
+        self.lease.grant_if_none().await
     }
 
     /// Puts `key` = `value` under the lease (granting one if needed) and watches the key.
@@ -215,7 +193,7 @@ impl Registration {
     }
 
     async fn deregister_key(&mut self, key: &str) -> Result<(), CallError> {
-        if let Some(lease) = self.lease {
+        if let Some(lease) = self.lease.id() {
             let txn = Txn::new()
                 .when([Compare::lease(key, CompareOp::Equal, lease)])
                 .and_then([TxnOp::delete(key, None)]);
@@ -240,7 +218,7 @@ impl Registration {
         Ok(resp
             .kvs()
             .first()
-            .is_some_and(|kv| Some(kv.lease()) == self.lease))
+            .is_some_and(|kv| Some(kv.lease()) == self.lease.id()))
     }
 
     /// The key is known gone (deleted, or its lease lost): register again, even from standby.
@@ -251,29 +229,27 @@ impl Registration {
 
     /// The lease is known gone: the next register grants a new one.
     pub(crate) fn forget_lease(&mut self, id: i64) {
-        if self.lease == Some(id) {
+        if self.lease.id() == Some(id) {
             self.drop_lease("the keepalive says so");
         }
     }
 
     /// Forgets the lease in use (and the key under it); the next register grants a new one.
     fn drop_lease(&mut self, why: &str) {
-        if let Some(id) = self.lease.take() {
+        let stale = self.lease.stale();
+        if let Some(id) = self.lease.forget() {
             tracing::warn!(
                 lease = format!("{id:x}"),
                 why,
                 "lease lost; registering again under a new one"
             );
-            if self.lease_epoch != self.cluster.epoch() {
+            if stale {
                 // The old cluster's data may come back (a restored snapshot): still ours.
                 self.stale_lease = Some(id);
             }
         }
         self.registered = None;
         self.standby = false;
-        if let Some(k) = self.keepalive.take() {
-            k.abort();
-        }
     }
 
     /// Revokes the lease within `deadline`: etcd deletes every key under it at once. A lease
@@ -282,11 +258,8 @@ impl Registration {
         if let Some((_, w)) = self.watch.take() {
             w.abort();
         }
-        if let Some(k) = self.keepalive.take() {
-            k.abort();
-        }
         self.registered = None;
-        if let Some(id) = self.lease.take() {
+        if let Some(id) = self.lease.forget() {
             let what = format!("revoking lease {id:x}");
             let mut c = self.client.clone();
             match within(&what, deadline, c.lease_revoke(id)).await {
@@ -305,9 +278,6 @@ impl Drop for Registration {
     fn drop(&mut self) {
         if let Some((_, w)) = self.watch.take() {
             w.abort();
-        }
-        if let Some(k) = self.keepalive.take() {
-            k.abort();
         }
     }
 }
