@@ -31,6 +31,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// Keys per page when listing the root.
+const PAGE: i64 = 2000;
+
 /// What a put found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Put {
@@ -100,13 +103,39 @@ impl Registrar {
         ip: IpAddr,
     ) -> Result<usize, CallError> {
         let prefix = format!("{root}/");
-        let opts = GetOptions::new().with_prefix();
+        // `<root>/` ends in '/', so every key under it sorts before `<root>0`.
+        let end = format!("{root}0");
         let what = format!("listing etcd prefix \"{prefix}\"");
-        let mut c = self.client.clone();
-        let resp = within(&what, self.deadline * 4, c.get(prefix.as_str(), Some(opts))).await?;
-        self.cluster.observe(resp.header());
         self.previous.clear();
-        for kv in resp.kvs() {
+        // Page by page: the root holds every host's keys, which can outgrow one message.
+        let mut start = prefix.clone().into_bytes();
+        let mut revision = 0;
+        loop {
+            let opts = GetOptions::new()
+                .with_range(end.as_str())
+                .with_limit(PAGE)
+                .with_revision(revision);
+            let mut c = self.client.clone();
+            let resp = within(&what, self.deadline * 4, c.get(start.clone(), Some(opts))).await?;
+            self.cluster.observe(resp.header());
+            if revision == 0 {
+                revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+            }
+            self.collect_previous(resp.kvs(), agent_id, ip);
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
+        Ok(self.previous.len())
+    }
+
+    /// Notes the keys among `kvs` that this agent wrote.
+    fn collect_previous(&mut self, kvs: &[etcd_client::KeyValue], agent_id: &str, ip: IpAddr) {
+        for kv in kvs {
             let Ok(key) = std::str::from_utf8(kv.key()) else {
                 continue;
             };
@@ -121,7 +150,6 @@ impl Registrar {
                 self.previous.insert(key.to_string(), kv.mod_revision());
             }
         }
-        Ok(self.previous.len())
     }
 
     async fn ensure_lease(&mut self) -> Result<i64, CallError> {

@@ -434,6 +434,18 @@ async fn agent_killed_and_restarted_keeps_healthy_keys_and_catches_up() {
     exactly(&s.client, &want, Duration::from_secs(10), "before the kill").await;
 
     let staying: BTreeSet<String> = stays.iter().map(|c| key_of("web", c)).collect();
+    // Another host's keys under the same root, more than one page of the agent's listing
+    // (2,000): the restarted agent must page through them and leave every one alone.
+    let mut kv = s.client.kv_client();
+    let mut others = BTreeSet::new();
+    for i in 0..4500u32 {
+        let key = format!("{ROOT}/web/10.9.{}.{}:80", i / 250, i % 250 + 1);
+        kv.put(key.as_str(), r#"{"agent":"10.9.0.1"}"#, None)
+            .await
+            .unwrap();
+        others.insert(key);
+    }
+    want.extend(others.iter().cloned());
     agent.kill9();
     // While the agent is down: one container stops, a new one starts.
     want.remove(&key_of("web", &goes));
