@@ -446,6 +446,14 @@ async fn a_server_that_comes_back_while_it_drains_is_put_back_in_service() {
     let slow = slow_requests(&w, &b, 3000, 2).await;
     w.del(&b.key(1)).await;
     wait_servers(&w, &b.addrs[..1], &b.addrs[1..]).await;
+    // The runtime update came first; the file follows once its check is done. Wait for it, or
+    // the file from before the delete (which lists backend 1 too) could pass for the one after
+    // the put, and the delete's write land in the middle of the end-state check.
+    let gone = b.addrs[1].to_string();
+    eventually(Duration::from_secs(10), "the delete written", || async {
+        !w.rendered_servers().iter().any(|(_, addr)| *addr == gone)
+    })
+    .await;
     w.put(&b.key(1), "running").await;
     wait_servers(&w, &b.addrs, &[]).await;
     crate::endstate::converged(&w, &["/service"], Duration::from_secs(10)).await;
