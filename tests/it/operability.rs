@@ -355,8 +355,17 @@ async fn the_sidekick_reports_health_and_healthcheck_follows_the_app() {
         code == Some(1) && said.contains("health check")
     })
     .await;
+    // The health flips at the check; the key goes with the delete that follows (an etcd round
+    // trip later), and the gauge with it.
+    eventually(Duration::from_secs(5), "registered 0", || async {
+        metric(
+            &scrape(addr, "/metrics").await.body,
+            "dockreg_sidekick_registered",
+        ) == 0.0
+    })
+    .await;
     let m = scrape(addr, "/metrics").await.body;
-    assert_eq!(metric(&m, "dockreg_sidekick_registered"), 0.0, "{m}");
+    assert_eq!(metric(&m, "dockreg_sidekick_app_healthy"), 0.0, "{m}");
     assert!(
         metric(&m, r#"dockreg_sidekick_checks_total{result="failed"}"#) >= 1.0,
         "{m}"
