@@ -38,12 +38,8 @@ async fn main() -> ExitCode {
         Err(done) => return done,
     };
     dockreg::core::process::init_logging(args.log_format, args.log_level.as_deref());
-    // The watcher may default to a local etcd; a sidekick must be told where etcd is.
-    if matches.value_source("endpoints") == Some(ValueSource::DefaultValue) {
-        return Fatal::usage(anyhow::anyhow!(
-            "--etcd is required (or DOCKREG_ETCD): the etcd endpoints, comma-separated"
-        ))
-        .report(SidekickArgs::command_line());
+    if let Some(done) = etcd_required(&matches, SidekickArgs::command_line) {
+        return done;
     }
     // The app's own exit status in wrapper mode; a fatal error is shown once (exit 2 for a
     // usage error, 1 for a runtime failure).
@@ -64,14 +60,22 @@ async fn agent() -> ExitCode {
         Err(done) => return done,
     };
     dockreg::core::process::init_logging(args.log_format, args.log_level.as_deref());
-    if matches.value_source("endpoints") == Some(ValueSource::DefaultValue) {
-        return Fatal::usage(anyhow::anyhow!(
-            "--etcd is required (or DOCKREG_ETCD): the etcd endpoints, comma-separated"
-        ))
-        .report(AgentArgs::command_line());
+    if let Some(done) = etcd_required(&matches, AgentArgs::command_line) {
+        return done;
     }
     match dockreg::agent::run(args, dockreg::core::process::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(fatal) => fatal.report(AgentArgs::command_line()),
     }
+}
+
+/// The watcher may default to a local etcd; a sidekick or an agent must be told where etcd
+/// is: the usage error (exit 2) when `--etcd` was left at its default.
+fn etcd_required(matches: &clap::ArgMatches, command: fn() -> clap::Command) -> Option<ExitCode> {
+    (matches.value_source("endpoints") == Some(ValueSource::DefaultValue)).then(|| {
+        Fatal::usage(anyhow::anyhow!(
+            "--etcd is required (or DOCKREG_ETCD): the etcd endpoints, comma-separated"
+        ))
+        .report(command())
+    })
 }
